@@ -1,0 +1,1 @@
+//! A Kafka-protocol client used by the CLI, `sim/`, `chaos/` and `benches/`.

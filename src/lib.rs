@@ -1,0 +1,16 @@
+//! Runnel: a Kafka-compatible event-streaming broker.
+//!
+//! See `docs/ARCHITECTURE.md` for the bird's-eye view and the module map. In short: `protocol`
+//! and `log` are pure or storage-seam-only; `broker` routes decoded requests to partition
+//! state; `server` owns sockets and tasks; `runtime` is the only module that touches the
+//! filesystem or names madsim.
+
+pub mod broker;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod limits;
+pub mod log;
+pub mod protocol;
+pub mod runtime;
+pub mod server;

@@ -1,0 +1,29 @@
+//! Every queue, buffer, in-flight count and size limit in one place.
+//!
+//! Values that users may change are broker config keys with these as defaults; the rest are
+//! fixed. Relations between limits are checked at compile time at the bottom of this file.
+
+/// Default for `socket.request.max.bytes`: the largest request frame accepted (Kafka: 100 MiB).
+pub const SOCKET_REQUEST_MAX_BYTES_DEFAULT: usize = 100 * 1024 * 1024;
+/// Default for `max.connections`: simultaneous client connections per listener.
+pub const MAX_CONNECTIONS_DEFAULT: usize = 1000;
+/// Requests read from one connection whose responses have not yet been written. Kafka
+/// processes one at a time; we pipeline up to this many and still answer in order.
+pub const CONNECTION_IN_FLIGHT_MAX: usize = 16;
+/// Default for `message.max.bytes`: the largest record batch accepted (Kafka's default).
+pub const MESSAGE_MAX_BYTES_DEFAULT: usize = 1_048_588;
+/// Upper bound on bytes held by all long-polling fetches' responses at once.
+pub const FETCH_PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Upper bound on one fetch response, whatever the client asks for.
+pub const FETCH_RESPONSE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Longest long-poll wait honoured for a fetch, whatever the client asks for.
+pub const FETCH_MAX_WAIT_MS_MAX: i64 = 30_000;
+/// Topic name length limit (Kafka's).
+pub const TOPIC_NAME_MAX_LEN: usize = 249;
+/// Partitions one topic may have.
+pub const TOPIC_PARTITIONS_MAX: i32 = 10_000;
+/// Bytes of a request header (client id included) we are prepared to parse.
+pub const REQUEST_HEADER_MAX_BYTES: usize = 64 * 1024;
+
+const _: () = assert!(MESSAGE_MAX_BYTES_DEFAULT < SOCKET_REQUEST_MAX_BYTES_DEFAULT);
+const _: () = assert!(FETCH_RESPONSE_MAX_BYTES <= FETCH_PENDING_BYTES_MAX);

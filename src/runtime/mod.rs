@@ -1,0 +1,35 @@
+//! The seams between deterministic logic and the outside world: storage, clock and task spawning.
+//!
+//! Architecture invariant: this is the only module that touches the filesystem or names
+//! `cfg(madsim)`. Everything else reaches disks through [`Disk`] / [`File`] and time through
+//! [`now_ms`], so the same code runs on real tokio and inside madsim's simulated cluster
+//! (where a simulated disk with fault injection stands in for [`StdDisk`]).
+
+mod disk;
+
+pub use disk::{Disk, File, MemDisk, StdDisk};
+
+/// Milliseconds since the Unix epoch. Under madsim the libc clock is intercepted, so this is
+/// simulated time and a seed reproduces it exactly.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs blocking work (fsync) off the async worker threads. Under madsim `spawn_blocking` runs
+/// inline, which is what determinism wants.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    #[cfg(madsim)]
+    {
+        f()
+    }
+    #[cfg(not(madsim))]
+    {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
