@@ -84,12 +84,7 @@ impl File for StdFile {
 
 impl Disk for StdDisk {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn File>> {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)?;
         Ok(Arc::new(StdFile(f)))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -260,11 +255,7 @@ impl Disk for MemDisk {
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut inner = self.inner.lock().unwrap();
-        inner
-            .files
-            .remove(path)
-            .map(|_| ())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
+        inner.files.remove(path).map(|_| ()).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
     }
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut inner = self.inner.lock().unwrap();
@@ -274,10 +265,7 @@ impl Disk for MemDisk {
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut inner = self.inner.lock().unwrap();
-        let f = inner
-            .files
-            .remove(from)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?;
+        let f = inner.files.remove(from).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?;
         inner.files.insert(to.to_path_buf(), f);
         Ok(())
     }

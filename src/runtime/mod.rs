@@ -12,10 +12,7 @@ pub use disk::{Disk, File, MemDisk, StdDisk};
 /// Milliseconds since the Unix epoch. Under madsim the libc clock is intercepted, so this is
 /// simulated time and a seed reproduces it exactly.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Runs blocking work (fsync) off the async worker threads. Under madsim `spawn_blocking` runs
@@ -31,5 +28,30 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
             Ok(v) => v,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C). Under madsim only Ctrl-C
+/// is simulated, so that is all this waits for there.
+pub async fn shutdown_signal() {
+    #[cfg(not(madsim))]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    biased;
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(madsim)]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -1,1 +1,187 @@
-//! Listeners and connections.
+//! The network shell: listeners, connection tasks, the flusher and retention loops, shutdown.
+//!
+//! A connection reads frames (size checked against `socket.request.max.bytes` before any
+//! allocation), hands each to [`Broker::handle`] in order, and a writer half answers in the
+//! same order, awaiting replies that wait (acks=all, long polls). At most
+//! [`CONNECTION_IN_FLIGHT_MAX`] replies are pending per connection; the reader stops reading
+//! until the writer catches up. Connections beyond `max.connections` wait for a free slot.
+//!
+//! Architecture invariant: this module owns sockets and tasks but no protocol logic.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::broker::{Broker, BrokerError, Reply};
+use crate::config::BrokerConfig;
+use crate::limits::CONNECTION_IN_FLIGHT_MAX;
+use crate::runtime::Disk;
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The broker could not open its data.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Opens the broker's data and binds its listener; `run` then serves until `shutdown` resolves.
+pub struct Server {
+    broker: Arc<Broker>,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Recovers the data directory and binds the client listener.
+    pub async fn bind(config: Arc<BrokerConfig>, disk: Arc<dyn Disk>) -> Result<Server, ServerError> {
+        let broker = Broker::open(config.clone(), disk)?;
+        let l = config.client_listener();
+        let addr = format!("{}:{}", l.host, l.port);
+        let listener =
+            TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
+        Ok(Server { broker, listener })
+    }
+
+    /// The local address the listener is bound to.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The broker behind this server.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, flushes and closes every log.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server { broker, listener } = self;
+        let config = broker.config().clone();
+        let max_request = config.socket_request_max_bytes();
+        let slots = Arc::new(Semaphore::new(config.max_connections()));
+
+        let flusher = {
+            let b = broker.clone();
+            let interval = config.flush_scheduler_interval_ms();
+            tokio::spawn(async move {
+                while !b.is_shutting_down() {
+                    b.wait_for_flush_request(interval).await;
+                    b.flush_round(false).await;
+                }
+            })
+        };
+        let retention = {
+            let b = broker.clone();
+            let interval = config.retention_check_interval_ms().min(30_000);
+            tokio::spawn(async move {
+                while !b.is_shutting_down() {
+                    tokio::time::sleep(Duration::from_millis(interval)).await;
+                    b.retention_round();
+                }
+            })
+        };
+
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let accepted = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let b = broker.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let _ = stream.set_nodelay(true);
+                        if let Err(e) = serve_connection(b, stream, max_request).await {
+                            tracing::debug!(%peer, error = %e, "connection closed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        tracing::info!("shutting down: flushing logs");
+        broker.begin_shutdown();
+        flusher.abort();
+        retention.abort();
+        broker.flush_round(true).await;
+        broker.close();
+        tracing::info!("shut down cleanly");
+    }
+}
+
+async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, max_request: usize) -> std::io::Result<()> {
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let (tx, mut rx) = mpsc::channel::<Reply>(CONNECTION_IN_FLIGHT_MAX);
+
+    let writer = async move {
+        while let Some(reply) = rx.recv().await {
+            let frame = match reply {
+                Reply::Ready(b) => b,
+                Reply::Wait(f) => f.await,
+                Reply::Nothing => continue,
+                Reply::Close(_) => break,
+            };
+            if frame.is_empty() {
+                break;
+            }
+            wr.write_all(&frame).await?;
+            if rx.is_empty() {
+                wr.flush().await?;
+            }
+        }
+        wr.flush().await?;
+        wr.shutdown().await
+    };
+
+    let reader = async move {
+        loop {
+            let size = match rd.read_i32().await {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if size < 8 || size as usize > max_request {
+                let reason = format!("request size {size} is outside 8..={max_request} (socket.request.max.bytes)");
+                tracing::debug!(reason, "closing connection");
+                let _ = tx.send(Reply::Close(reason)).await;
+                return Ok(());
+            }
+            let mut frame = BytesMut::zeroed(size as usize);
+            rd.read_exact(&mut frame).await?;
+            let reply = broker.handle(frame.freeze());
+            let close = matches!(reply, Reply::Close(_));
+            if let Reply::Close(reason) = &reply {
+                tracing::debug!(reason, "closing connection");
+            }
+            if tx.send(reply).await.is_err() || close {
+                return Ok(());
+            }
+        }
+    };
+    let (r, w) = tokio::join!(reader, writer);
+    r.and(w)
+}

@@ -1,0 +1,515 @@
+//! The data path: Produce, Fetch, ListOffsets, OffsetForLeaderEpoch, DeleteRecords and
+//! InitProducerId.
+//!
+//! Produce validates each batch (CRC, sizes, counts, timestamps) before it touches the log,
+//! assigns offsets by patching batch headers in place, and serves Fetch from stored batches
+//! without re-encoding records.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+use super::{Broker, Partition, Reply, RequestContext, SequenceCheck};
+use crate::limits;
+use crate::log::LogError;
+use crate::protocol::batch::{self, ValidateOptions};
+use crate::protocol::errors;
+use crate::runtime;
+
+/// The leader epoch of every partition on a single node.
+pub const SINGLE_NODE_LEADER_EPOCH: i32 = 0;
+
+struct PartitionOutcome {
+    index: i32,
+    error_code: i16,
+    error_message: Option<String>,
+    base_offset: i64,
+    log_append_time_ms: i64,
+    log_start_offset: i64,
+    /// Wait until the partition is durable past this offset before answering.
+    wait_durable: Option<(Arc<Partition>, i64)>,
+}
+
+impl PartitionOutcome {
+    fn error(index: i32, code: i16, msg: impl Into<String>) -> Self {
+        PartitionOutcome {
+            index,
+            error_code: code,
+            error_message: Some(msg.into()),
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+            wait_durable: None,
+        }
+    }
+}
+
+fn log_error_code(e: &LogError) -> i16 {
+    match e {
+        LogError::OffsetOutOfRange { .. } => errors::OFFSET_OUT_OF_RANGE,
+        _ => errors::KAFKA_STORAGE_ERROR,
+    }
+}
+
+impl Broker {
+    pub(super) fn produce(self: &Arc<Self>, req: ProduceRequest, ctx: RequestContext) -> Reply {
+        let acks = req.acks;
+        let now = runtime::now_ms();
+        let mut topics_out: Vec<(StrBytes, Vec<PartitionOutcome>)> = Vec::new();
+        let mut appended_any = false;
+        for td in req.topic_data {
+            let name = td.name.0.clone();
+            let topic = self.topic(name.as_str());
+            let mut outs = Vec::new();
+            for pd in td.partition_data {
+                let out = match (&topic, acks) {
+                    (_, a) if !matches!(a, -1..=1) => PartitionOutcome::error(
+                        pd.index,
+                        errors::INVALID_REQUIRED_ACKS,
+                        format!("acks={a} is not -1, 0 or 1"),
+                    ),
+                    (None, _) => PartitionOutcome::error(pd.index, errors::UNKNOWN_TOPIC_OR_PARTITION, "unknown topic"),
+                    (Some(t), _) => match usize::try_from(pd.index).ok().and_then(|i| t.partitions.get(i)) {
+                        None => {
+                            PartitionOutcome::error(pd.index, errors::UNKNOWN_TOPIC_OR_PARTITION, "unknown partition")
+                        }
+                        Some(p) => {
+                            let out = self.append(
+                                t,
+                                p,
+                                pd.records.unwrap_or_default(),
+                                acks,
+                                now,
+                                req.transactional_id.is_some(),
+                            );
+                            appended_any |= out.error_code == errors::NONE;
+                            let mut out = PartitionOutcome { index: pd.index, ..out };
+                            if out.error_code == errors::NONE && acks == 0 {
+                                out.wait_durable = None;
+                            }
+                            out
+                        }
+                    },
+                };
+                outs.push(out);
+            }
+            topics_out.push((name, outs));
+        }
+        if appended_any {
+            self.appended.send_modify(|v| *v += 1);
+        }
+        if acks == 0 {
+            return Reply::Nothing;
+        }
+        let waits: Vec<(Arc<Partition>, i64)> =
+            topics_out.iter().flat_map(|(_, o)| o.iter().filter_map(|p| p.wait_durable.clone())).collect();
+        if waits.is_empty() {
+            return Reply::Ready(ctx.encode(&build_produce_response(topics_out)));
+        }
+        self.flush_wanted.notify_one();
+        let timeout_ms = req.timeout_ms.clamp(1, 300_000) as u64;
+        Reply::Wait(Box::pin(async move {
+            let mut failed: Vec<(String, i32, i16)> = Vec::new();
+            for (p, upto) in waits {
+                let mut rx = p.durable.subscribe();
+                let ok = tokio::time::timeout(Duration::from_millis(timeout_ms), async {
+                    loop {
+                        if p.poisoned.load(Ordering::Acquire) || p.deleted.load(Ordering::Acquire) {
+                            return errors::KAFKA_STORAGE_ERROR;
+                        }
+                        if *rx.borrow_and_update() >= upto {
+                            return errors::NONE;
+                        }
+                        if rx.changed().await.is_err() {
+                            return errors::KAFKA_STORAGE_ERROR;
+                        }
+                    }
+                })
+                .await
+                .unwrap_or(errors::REQUEST_TIMED_OUT);
+                if ok != errors::NONE {
+                    failed.push((p.topic.clone(), p.index, ok));
+                }
+            }
+            for (t, outs) in topics_out.iter_mut() {
+                for o in outs.iter_mut() {
+                    if let Some((_, code)) =
+                        failed.iter().find(|(ft, fi, _)| ft == t.as_str() && *fi == o.index).map(|f| (f, f.2))
+                    {
+                        o.error_code = code;
+                        o.error_message = Some(if code == errors::REQUEST_TIMED_OUT {
+                            "timed out waiting for fsync".into()
+                        } else {
+                            "log directory failed (fsync error); the record may not be durable".into()
+                        });
+                        o.base_offset = -1;
+                    }
+                }
+            }
+            ctx.encode(&build_produce_response(topics_out))
+        }))
+    }
+
+    fn append(
+        &self,
+        topic: &super::Topic,
+        p: &Arc<Partition>,
+        records: Bytes,
+        acks: i16,
+        now: i64,
+        transactional: bool,
+    ) -> PartitionOutcome {
+        let tc = &topic.config;
+        let opts = ValidateOptions {
+            max_message_bytes: tc.max_message_bytes(),
+            require_keys: tc.compacted(),
+            now_ms: now,
+            log_append_time: tc.log_append_time(),
+            timestamp_before_max_ms: tc.timestamp_before_max_ms(),
+            timestamp_after_max_ms: tc.timestamp_after_max_ms(),
+        };
+        let headers = match batch::validate_produce(&records, &opts) {
+            Ok(h) => h,
+            Err(e) => return PartitionOutcome::error(p.index, e.code, e.message),
+        };
+        if transactional || headers.iter().any(|h| h.is_transactional()) {
+            return PartitionOutcome::error(
+                p.index,
+                errors::INVALID_RECORD,
+                "transactions are not supported by this broker yet",
+            );
+        }
+        if p.poisoned.load(Ordering::Acquire) {
+            return PartitionOutcome::error(
+                p.index,
+                errors::KAFKA_STORAGE_ERROR,
+                "partition log failed an fsync; restart the broker",
+            );
+        }
+        let mut st = p.state.lock().unwrap();
+        // Idempotence: one producer id per request in practice; check every batch first.
+        let idem = headers.first().filter(|h| h.producer_id >= 0).map(|h| {
+            (
+                h.producer_id,
+                h.producer_epoch,
+                h.base_sequence,
+                h.base_sequence.wrapping_add(headers.iter().map(|x| x.records_count).sum::<i32>() - 1),
+            )
+        });
+        if let Some((pid, epoch, first, last)) = idem {
+            match st.producers.check(pid, epoch, first, last) {
+                SequenceCheck::Append => {}
+                SequenceCheck::Duplicate(base) => {
+                    return PartitionOutcome {
+                        index: p.index,
+                        error_code: errors::NONE,
+                        error_message: None,
+                        base_offset: base,
+                        log_append_time_ms: -1,
+                        log_start_offset: st.log.log_start_offset(),
+                        wait_durable: if acks == -1 {
+                            let leo = st.log.log_end_offset();
+                            st.sync_wanted_upto = st.sync_wanted_upto.max(leo);
+                            Some((p.clone(), leo))
+                        } else {
+                            None
+                        },
+                    };
+                }
+                SequenceCheck::Reject(code) => {
+                    return PartitionOutcome::error(
+                        p.index,
+                        code,
+                        format!("sequence {first} from producer {pid} epoch {epoch} refused"),
+                    );
+                }
+            }
+        }
+        let mut buf = records.to_vec();
+        let info = match st.log.append(&mut buf, &headers, SINGLE_NODE_LEADER_EPOCH, now, opts.log_append_time) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "append failed");
+                return PartitionOutcome::error(p.index, log_error_code(&e), e.to_string());
+            }
+        };
+        if let Some((pid, epoch, first, last)) = idem {
+            st.producers.record(pid, epoch, first, last, info.base_offset);
+        }
+        let count = info.last_offset - info.base_offset + 1;
+        st.unflushed_records += count;
+        if st.first_unflushed_ms < 0 {
+            st.first_unflushed_ms = now;
+        }
+        p.dirty.store(true, Ordering::Release);
+        let must_sync = acks == -1 || st.unflushed_records >= tc.flush_messages();
+        if must_sync {
+            st.sync_wanted_upto = st.sync_wanted_upto.max(info.last_offset + 1);
+        }
+        PartitionOutcome {
+            index: p.index,
+            error_code: errors::NONE,
+            error_message: None,
+            base_offset: info.base_offset,
+            log_append_time_ms: info.log_append_time_ms,
+            log_start_offset: st.log.log_start_offset(),
+            wait_durable: must_sync.then(|| (p.clone(), info.last_offset + 1)),
+        }
+    }
+
+    pub(super) fn fetch(self: &Arc<Self>, req: FetchRequest, ctx: RequestContext) -> Reply {
+        let max_wait_ms = (req.max_wait_ms as i64).clamp(0, limits::FETCH_MAX_WAIT_MS_MAX);
+        let min_bytes = req.min_bytes.max(0) as usize;
+        let mut rx = self.appended.subscribe();
+        let first = self.fetch_once(&req, ctx.version);
+        if first.1 >= min_bytes.max(1) || max_wait_ms == 0 || first.2 || self.is_shutting_down() {
+            return Reply::Ready(ctx.encode(&first.0));
+        }
+        let broker = self.clone();
+        Reply::Wait(Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(max_wait_ms as u64);
+            loop {
+                let changed = tokio::time::timeout_at(deadline, rx.changed()).await;
+                let (resp, bytes, errored) = broker.fetch_once(&req, ctx.version);
+                if bytes >= min_bytes.max(1) || errored || !matches!(changed, Ok(Ok(()))) || broker.is_shutting_down() {
+                    return ctx.encode(&resp);
+                }
+            }
+        }))
+    }
+
+    /// One pass over the requested partitions. Returns the response, the record bytes in it,
+    /// and whether any partition carries an error (which answers immediately, as in Kafka).
+    fn fetch_once(&self, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+        let response_max = if version >= 3 { req.max_bytes.max(0) as usize } else { limits::FETCH_RESPONSE_MAX_BYTES };
+        let response_max = response_max.min(limits::FETCH_RESPONSE_MAX_BYTES);
+        let read_committed = req.isolation_level == 1;
+        let mut total = 0usize;
+        let mut errored = false;
+        let mut resp = FetchResponse::default();
+        for ft in &req.topics {
+            let topic = if version >= 13 { self.topic_by_id(ft.topic_id) } else { self.topic(ft.topic.as_str()) };
+            let mut tr = fetch_response::FetchableTopicResponse::default();
+            tr.topic = ft.topic.clone();
+            tr.topic_id = ft.topic_id;
+            for fp in &ft.partitions {
+                let mut pd = fetch_response::PartitionData::default();
+                pd.partition_index = fp.partition;
+                pd.high_watermark = -1;
+                pd.last_stable_offset = -1;
+                pd.log_start_offset = -1;
+                pd.preferred_read_replica = kafka_protocol::messages::BrokerId(-1);
+                pd.aborted_transactions = if read_committed { Some(Vec::new()) } else { None };
+                pd.records = Some(Bytes::new());
+                let partition =
+                    topic.as_ref().and_then(|t| usize::try_from(fp.partition).ok().and_then(|i| t.partitions.get(i)));
+                match partition {
+                    None => {
+                        pd.error_code = if version >= 13 && topic.is_none() {
+                            errors::UNKNOWN_TOPIC_ID
+                        } else {
+                            errors::UNKNOWN_TOPIC_OR_PARTITION
+                        };
+                        errored = true;
+                    }
+                    Some(_) if fp.current_leader_epoch > SINGLE_NODE_LEADER_EPOCH => {
+                        pd.error_code = errors::UNKNOWN_LEADER_EPOCH;
+                        errored = true;
+                    }
+                    Some(_) if fp.current_leader_epoch >= 0 && fp.current_leader_epoch < SINGLE_NODE_LEADER_EPOCH => {
+                        pd.error_code = errors::FENCED_LEADER_EPOCH;
+                        errored = true;
+                    }
+                    Some(p) => {
+                        let st = p.state.lock().unwrap();
+                        let hw = st.log.log_end_offset();
+                        pd.high_watermark = hw;
+                        pd.last_stable_offset = hw;
+                        pd.log_start_offset = st.log.log_start_offset();
+                        let budget = (fp.partition_max_bytes.max(0) as usize).min(response_max.saturating_sub(total));
+                        match st.log.read(fp.fetch_offset, budget, hw, total == 0) {
+                            Ok(r) => {
+                                total += r.records.len();
+                                pd.records = Some(r.records);
+                            }
+                            Err(e) => {
+                                pd.error_code = log_error_code(&e);
+                                errored = true;
+                            }
+                        }
+                    }
+                }
+                tr.partitions.push(pd);
+            }
+            resp.responses.push(tr);
+        }
+        (resp, total, errored)
+    }
+
+    pub(super) fn list_offsets(self: &Arc<Self>, req: ListOffsetsRequest, ctx: &RequestContext) -> Bytes {
+        let mut resp = ListOffsetsResponse::default();
+        for t in req.topics {
+            let topic = self.topic(t.name.as_str());
+            let mut tr = list_offsets_response::ListOffsetsTopicResponse::default();
+            tr.name = t.name.clone();
+            for lp in t.partitions {
+                let mut pr = list_offsets_response::ListOffsetsPartitionResponse::default();
+                pr.partition_index = lp.partition_index;
+                pr.timestamp = -1;
+                pr.offset = -1;
+                pr.leader_epoch = -1;
+                let p = topic
+                    .as_ref()
+                    .and_then(|t| usize::try_from(lp.partition_index).ok().and_then(|i| t.partitions.get(i)));
+                match p {
+                    None => pr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(_) if lp.current_leader_epoch > SINGLE_NODE_LEADER_EPOCH => {
+                        pr.error_code = errors::UNKNOWN_LEADER_EPOCH
+                    }
+                    Some(p) => {
+                        let st = p.state.lock().unwrap();
+                        if ctx.version >= 4 {
+                            pr.leader_epoch = SINGLE_NODE_LEADER_EPOCH;
+                        }
+                        match lp.timestamp {
+                            -1 => pr.offset = st.log.log_end_offset(),
+                            -2 | -4 => pr.offset = st.log.log_start_offset(),
+                            -3 => {
+                                if let Some((ts, off)) = st.log.max_timestamp() {
+                                    pr.timestamp = ts;
+                                    pr.offset = off;
+                                }
+                            }
+                            ts if ts >= 0 => match st.log.offset_for_timestamp(ts) {
+                                Ok(Some((off, t))) => {
+                                    pr.offset = off;
+                                    pr.timestamp = t;
+                                }
+                                Ok(None) => {}
+                                Err(e) => pr.error_code = log_error_code(&e),
+                            },
+                            _ => pr.error_code = errors::INVALID_REQUEST,
+                        }
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        ctx.encode(&resp)
+    }
+
+    pub(super) fn offset_for_leader_epoch(
+        self: &Arc<Self>,
+        req: OffsetForLeaderEpochRequest,
+        ctx: &RequestContext,
+    ) -> Bytes {
+        let mut resp = OffsetForLeaderEpochResponse::default();
+        for t in req.topics {
+            let topic = self.topic(t.topic.as_str());
+            let mut tr = offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default();
+            tr.topic = t.topic.clone();
+            for lp in t.partitions {
+                let mut e = offset_for_leader_epoch_response::EpochEndOffset::default();
+                e.partition = lp.partition;
+                e.leader_epoch = -1;
+                e.end_offset = -1;
+                let p =
+                    topic.as_ref().and_then(|t| usize::try_from(lp.partition).ok().and_then(|i| t.partitions.get(i)));
+                match p {
+                    None => e.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(_) if lp.current_leader_epoch > SINGLE_NODE_LEADER_EPOCH => {
+                        e.error_code = errors::UNKNOWN_LEADER_EPOCH
+                    }
+                    Some(_) if lp.current_leader_epoch >= 0 && lp.current_leader_epoch < SINGLE_NODE_LEADER_EPOCH => {
+                        e.error_code = errors::FENCED_LEADER_EPOCH
+                    }
+                    Some(p) => {
+                        // Every record on a single node was written in epoch 0.
+                        let leo = p.state.lock().unwrap().log.log_end_offset();
+                        if lp.leader_epoch >= SINGLE_NODE_LEADER_EPOCH {
+                            e.leader_epoch = SINGLE_NODE_LEADER_EPOCH;
+                            e.end_offset = leo;
+                        }
+                    }
+                }
+                tr.partitions.push(e);
+            }
+            resp.topics.push(tr);
+        }
+        ctx.encode(&resp)
+    }
+
+    pub(super) fn delete_records(self: &Arc<Self>, req: DeleteRecordsRequest, ctx: &RequestContext) -> Bytes {
+        let mut resp = DeleteRecordsResponse::default();
+        for t in req.topics {
+            let topic = self.topic(t.name.as_str());
+            let mut tr = delete_records_response::DeleteRecordsTopicResult::default();
+            tr.name = t.name.clone();
+            for dp in t.partitions {
+                let mut pr = delete_records_response::DeleteRecordsPartitionResult::default();
+                pr.partition_index = dp.partition_index;
+                pr.low_watermark = -1;
+                let p = topic
+                    .as_ref()
+                    .and_then(|t| usize::try_from(dp.partition_index).ok().and_then(|i| t.partitions.get(i)));
+                match p {
+                    None => pr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => {
+                        let mut st = p.state.lock().unwrap();
+                        let target = if dp.offset == -1 { st.log.log_end_offset() } else { dp.offset };
+                        if target < 0 || target > st.log.log_end_offset() {
+                            pr.error_code = errors::OFFSET_OUT_OF_RANGE;
+                        } else {
+                            match st.log.delete_records_before(target) {
+                                Ok(lw) => pr.low_watermark = lw,
+                                Err(e) => pr.error_code = log_error_code(&e),
+                            }
+                        }
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        ctx.encode(&resp)
+    }
+
+    pub(super) fn init_producer_id(self: &Arc<Self>, req: InitProducerIdRequest, ctx: &RequestContext) -> Bytes {
+        let mut resp = InitProducerIdResponse::default();
+        if req.transactional_id.is_some() {
+            resp.error_code = errors::UNSUPPORTED_VERSION;
+            resp.producer_id = kafka_protocol::messages::ProducerId(-1);
+            resp.producer_epoch = -1;
+        } else {
+            resp.producer_id =
+                kafka_protocol::messages::ProducerId(self.next_producer_id.fetch_add(1, Ordering::SeqCst));
+            resp.producer_epoch = 0;
+        }
+        ctx.encode(&resp)
+    }
+}
+
+fn build_produce_response(topics: Vec<(StrBytes, Vec<PartitionOutcome>)>) -> ProduceResponse {
+    let mut resp = ProduceResponse::default();
+    for (name, outs) in topics {
+        let mut tr = produce_response::TopicProduceResponse::default();
+        tr.name = kafka_protocol::messages::TopicName(name);
+        for o in outs {
+            let mut pr = produce_response::PartitionProduceResponse::default();
+            pr.index = o.index;
+            pr.error_code = o.error_code;
+            pr.base_offset = o.base_offset;
+            pr.log_append_time_ms = o.log_append_time_ms;
+            pr.log_start_offset = o.log_start_offset;
+            pr.error_message = o.error_message.map(|m| StrBytes::from_string(m));
+            tr.partition_responses.push(pr);
+        }
+        resp.responses.push(tr);
+    }
+    resp
+}
