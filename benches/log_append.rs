@@ -58,7 +58,7 @@ fn append_phase(log: &mut Log, template: &[u8], total: usize, sync_every: Option
 }
 
 fn main() {
-    let dir = std::env::temp_dir().join(format!("runnel-bench-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
+    let dir = std::env::temp_dir().join(format!("runnel-bench-{}-{}", std::process::id(), rand::random::<u64>()));
     let disk: Arc<dyn Disk> = Arc::new(StdDisk);
     let value = vec![0x5au8; 1000];
     let records: Vec<RecordSpec> = (0..16).map(|_| (Some(&b"key-0001"[..]), Some(&value[..]), vec![])).collect();

@@ -85,8 +85,8 @@ fn acks_all_records_survive_kill_dash_nine() {
         // Keep producing while the kill lands, so some requests are in flight at the moment.
         let b2 = broker.bootstrap();
         let inflight = std::thread::spawn(move || {
-            let rt = rt();
-            rt.block_on(async {
+            let late_rt = crate::support::rt();
+            late_rt.block_on(async {
                 let mut got = Vec::new();
                 if let Ok(mut c) = Client::connect(&b2, "chaos-late").await {
                     for i in 0..10_000 {

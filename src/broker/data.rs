@@ -273,7 +273,8 @@ impl Broker {
         Reply::Wait(Box::pin(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_millis(max_wait_ms as u64);
             loop {
-                let changed = tokio::time::timeout_at(deadline, rx.changed()).await;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let changed = tokio::time::timeout(left, rx.changed()).await;
                 let (resp, bytes, errored) = broker.fetch_once(&req, ctx.version);
                 if bytes >= min_bytes.max(1) || errored || !matches!(changed, Ok(Ok(()))) || broker.is_shutting_down() {
                     return ctx.encode(&resp);

@@ -95,10 +95,12 @@ async fn serve(mut stream: TcpStream, state: Shared, addr: String) {
             }
             ApiKey::Produce => {
                 let req = ProduceRequest::decode(&mut buf, version).unwrap();
-                produce(&state, req).encode(&mut out, version).unwrap();
-                if req_acks_zero(&out) {
-                    continue;
+                let acks = req.acks;
+                let resp = produce(&state, req);
+                if acks == 0 {
+                    continue; // Kafka sends no response to acks=0.
                 }
+                resp.encode(&mut out, version).unwrap()
             }
             ApiKey::Fetch => {
                 let req = FetchRequest::decode(&mut buf, version).unwrap();
@@ -135,11 +137,6 @@ async fn serve(mut stream: TcpStream, state: Shared, addr: String) {
         stream.write_all(&frame).await.unwrap();
         stream.flush().await.unwrap();
     }
-}
-
-/// The fake produce handler marks acks=0 responses by leaving them empty of topics.
-fn req_acks_zero(out: &BytesMut) -> bool {
-    out.is_empty()
 }
 
 fn api_versions() -> ApiVersionsResponse {
@@ -264,6 +261,8 @@ async fn client_round_trip_against_fake_broker() {
     assert_eq!(base, 0);
     let base = client.produce("t", 1, 1, vec![rec("d"), rec("e")], Compression::Gzip).await.unwrap();
     assert_eq!(base, 3);
+    // acks=0 gets no answer; the next request on the same connection must still line up.
+    assert_eq!(client.produce("t", 0, 0, vec![rec("z")], Compression::None).await.unwrap(), -1);
 
     let fetched = client.fetch("t", 1, 1, 100, 1, 1 << 20).await.unwrap();
     let values: Vec<&[u8]> = fetched.records.iter().map(|r| r.value.as_deref().unwrap()).collect();
@@ -273,7 +272,7 @@ async fn client_round_trip_against_fake_broker() {
 
     assert_eq!(client.list_offsets("t", 1, LATEST_TIMESTAMP).await.unwrap().0, 5);
     assert_eq!(client.list_offsets("t", 1, EARLIEST_TIMESTAMP).await.unwrap().0, 0);
-    assert_eq!(client.list_offsets("t", 0, LATEST_TIMESTAMP).await.unwrap().0, 0);
+    assert_eq!(client.list_offsets("t", 0, LATEST_TIMESTAMP).await.unwrap().0, 1);
 
     let md = client.metadata(None).await.unwrap();
     assert_eq!(md.topics.len(), 1);
