@@ -45,7 +45,7 @@ impl Broker {
     ) -> Result<Arc<Topic>, CreateError> {
         validate_topic_name(name).map_err(|m| cerr(errors::INVALID_TOPIC_EXCEPTION, m))?;
         let partitions = if partitions == -1 { self.config.num_partitions() } else { partitions };
-        if partitions < 1 || partitions > limits::TOPIC_PARTITIONS_MAX {
+        if !(1..=limits::TOPIC_PARTITIONS_MAX).contains(&partitions) {
             return Err(cerr(
                 errors::INVALID_PARTITIONS,
                 format!(
@@ -400,7 +400,7 @@ impl Broker {
         self.write_topics_file(&next).map_err(|e| cerr(errors::KAFKA_STORAGE_ERROR, e.to_string()))?;
         *self.topics.write().unwrap() = next;
         for p in &topic.partitions {
-            let _ = &p; // TODO(log): apply the new LogConfig to open logs (Log::set_config)
+            p.state.lock().unwrap().log.set_config(super::log_config(&config));
         }
         Ok(())
     }

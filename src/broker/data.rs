@@ -23,6 +23,11 @@ use crate::runtime;
 /// The leader epoch of every partition on a single node.
 pub const SINGLE_NODE_LEADER_EPOCH: i32 = 0;
 
+struct ProducePart {
+    index: i32,
+    records: Option<Bytes>,
+}
+
 struct PartitionOutcome {
     index: i32,
     error_code: i16,
@@ -61,11 +66,28 @@ impl Broker {
         let now = runtime::now_ms();
         let mut topics_out: Vec<(StrBytes, Vec<PartitionOutcome>)> = Vec::new();
         let mut appended_any = false;
-        for td in req.topic_data {
-            let name = td.name.0.clone();
-            let topic = self.topic(name.as_str());
+        let transactional = req.transactional_id.is_some();
+        let timeout_ms = req.timeout_ms.clamp(1, 300_000) as u64;
+        // Take the records out and drop everything else in the request first: the last
+        // reference to the frame's buffer then lets `append` patch offsets without a copy.
+        let work: Vec<(String, Vec<ProducePart>)> = req
+            .topic_data
+            .into_iter()
+            .map(|td| {
+                (
+                    td.name.0.to_string(),
+                    td.partition_data
+                        .into_iter()
+                        .map(|pd| ProducePart { index: pd.index, records: pd.records })
+                        .collect(),
+                )
+            })
+            .collect();
+        for (name, partitions) in work {
+            let topic = self.topic(&name);
+            let name = StrBytes::from_string(name);
             let mut outs = Vec::new();
-            for pd in td.partition_data {
+            for pd in partitions {
                 let out = match (&topic, acks) {
                     (_, a) if !matches!(a, -1..=1) => PartitionOutcome::error(
                         pd.index,
@@ -78,14 +100,7 @@ impl Broker {
                             PartitionOutcome::error(pd.index, errors::UNKNOWN_TOPIC_OR_PARTITION, "unknown partition")
                         }
                         Some(p) => {
-                            let out = self.append(
-                                t,
-                                p,
-                                pd.records.unwrap_or_default(),
-                                acks,
-                                now,
-                                req.transactional_id.is_some(),
-                            );
+                            let out = self.append(t, p, pd.records.unwrap_or_default(), acks, now, transactional);
                             appended_any |= out.error_code == errors::NONE;
                             let mut out = PartitionOutcome { index: pd.index, ..out };
                             if out.error_code == errors::NONE && acks == 0 {
@@ -111,7 +126,6 @@ impl Broker {
             return Reply::Ready(ctx.encode(&build_produce_response(topics_out)));
         }
         self.flush_wanted.notify_one();
-        let timeout_ms = req.timeout_ms.clamp(1, 300_000) as u64;
         Reply::Wait(Box::pin(async move {
             let mut failed: Vec<(String, i32, i16)> = Vec::new();
             for (p, upto) in waits {
@@ -229,7 +243,10 @@ impl Broker {
                 }
             }
         }
-        let mut buf = records.to_vec();
+        let mut buf = match records.try_into_mut() {
+            Ok(unique) => unique,
+            Err(shared) => bytes::BytesMut::from(&shared[..]),
+        };
         let info = match st.log.append(&mut buf, &headers, SINGLE_NODE_LEADER_EPOCH, now, opts.log_append_time) {
             Ok(i) => i,
             Err(e) => {
@@ -317,12 +334,8 @@ impl Broker {
                         };
                         errored = true;
                     }
-                    Some(_) if fp.current_leader_epoch > SINGLE_NODE_LEADER_EPOCH => {
-                        pd.error_code = errors::UNKNOWN_LEADER_EPOCH;
-                        errored = true;
-                    }
-                    Some(_) if fp.current_leader_epoch >= 0 && fp.current_leader_epoch < SINGLE_NODE_LEADER_EPOCH => {
-                        pd.error_code = errors::FENCED_LEADER_EPOCH;
+                    Some(_) if epoch_error(fp.current_leader_epoch, SINGLE_NODE_LEADER_EPOCH).is_some() => {
+                        pd.error_code = epoch_error(fp.current_leader_epoch, SINGLE_NODE_LEADER_EPOCH).unwrap_or(0);
                         errored = true;
                     }
                     Some(p) => {
@@ -423,11 +436,8 @@ impl Broker {
                     topic.as_ref().and_then(|t| usize::try_from(lp.partition).ok().and_then(|i| t.partitions.get(i)));
                 match p {
                     None => e.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(_) if lp.current_leader_epoch > SINGLE_NODE_LEADER_EPOCH => {
-                        e.error_code = errors::UNKNOWN_LEADER_EPOCH
-                    }
-                    Some(_) if lp.current_leader_epoch >= 0 && lp.current_leader_epoch < SINGLE_NODE_LEADER_EPOCH => {
-                        e.error_code = errors::FENCED_LEADER_EPOCH
+                    Some(_) if epoch_error(lp.current_leader_epoch, SINGLE_NODE_LEADER_EPOCH).is_some() => {
+                        e.error_code = epoch_error(lp.current_leader_epoch, SINGLE_NODE_LEADER_EPOCH).unwrap_or(0)
                     }
                     Some(p) => {
                         // Every record on a single node was written in epoch 0.
@@ -495,6 +505,18 @@ impl Broker {
     }
 }
 
+/// KIP-320 leader-epoch fencing: a client naming a newer epoch than ours gets
+/// UNKNOWN_LEADER_EPOCH (we are behind), an older one FENCED_LEADER_EPOCH; -1 skips the check.
+fn epoch_error(requested: i32, current: i32) -> Option<i16> {
+    if requested < 0 || requested == current {
+        None
+    } else if requested > current {
+        Some(errors::UNKNOWN_LEADER_EPOCH)
+    } else {
+        Some(errors::FENCED_LEADER_EPOCH)
+    }
+}
+
 fn build_produce_response(topics: Vec<(StrBytes, Vec<PartitionOutcome>)>) -> ProduceResponse {
     let mut resp = ProduceResponse::default();
     for (name, outs) in topics {
@@ -507,7 +529,7 @@ fn build_produce_response(topics: Vec<(StrBytes, Vec<PartitionOutcome>)>) -> Pro
             pr.base_offset = o.base_offset;
             pr.log_append_time_ms = o.log_append_time_ms;
             pr.log_start_offset = o.log_start_offset;
-            pr.error_message = o.error_message.map(|m| StrBytes::from_string(m));
+            pr.error_message = o.error_message.map(StrBytes::from_string);
             tr.partition_responses.push(pr);
         }
         resp.responses.push(tr);

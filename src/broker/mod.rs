@@ -138,6 +138,9 @@ pub struct Broker {
     shutting_down: AtomicBool,
 }
 
+/// One line of the topics file: name, id, partition count, config overrides.
+type TopicEntry = (String, Uuid, i32, BTreeMap<String, String>);
+
 const TOPICS_FILE: &str = "runnel-topics.meta";
 const META_FILE: &str = "meta.properties";
 
@@ -230,7 +233,7 @@ impl Broker {
         Ok(id)
     }
 
-    fn read_topics_file(&self) -> Result<Vec<(String, Uuid, i32, BTreeMap<String, String>)>, BrokerError> {
+    fn read_topics_file(&self) -> Result<Vec<TopicEntry>, BrokerError> {
         let path = self.data_dir.join(TOPICS_FILE);
         if !self.disk.exists(&path) {
             return Ok(Vec::new());
@@ -361,7 +364,12 @@ impl Broker {
             ApiKey::ApiVersions => self.sync::<ApiVersionsRequest>(&ctx, frame, |b, r, c| b.api_versions(r, c)),
             ApiKey::Metadata => self.sync::<MetadataRequest>(&ctx, frame, |b, r, c| b.metadata(r, c)),
             ApiKey::Produce => match protocol::decode_body::<ProduceRequest>(&mut frame, v) {
-                Ok(r) => self.produce(r, ctx),
+                Ok(r) => {
+                    // Drop the frame so each partition's records own their bytes uniquely and
+                    // can be patched in place (offsets) without a copy.
+                    drop(frame);
+                    self.produce(r, ctx)
+                }
                 Err(e) => Reply::Close(format!("malformed Produce v{v}: {e}")),
             },
             ApiKey::Fetch => match protocol::decode_body::<FetchRequest>(&mut frame, v) {

@@ -280,6 +280,12 @@ impl Log {
         }
     }
 
+    /// Replaces the log's settings (after a topic config change); they apply from the next
+    /// append, roll or retention round.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
     /// The first offset a consumer may read.
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// A file opened through a [`Disk`].
+#[allow(clippy::len_without_is_empty)]
 pub trait File: Send + Sync + 'static {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at end of file).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;

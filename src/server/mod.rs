@@ -170,8 +170,14 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, max_request: u
                 let _ = tx.send(Reply::Close(reason)).await;
                 return Ok(());
             }
-            let mut frame = BytesMut::zeroed(size as usize);
-            rd.read_exact(&mut frame).await?;
+            let mut frame = BytesMut::with_capacity(size as usize);
+            while frame.len() < size as usize {
+                let want = size as usize - frame.len();
+                let n = (&mut rd).take(want as u64).read_buf(&mut frame).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
             let reply = broker.handle(frame.freeze());
             let close = matches!(reply, Reply::Close(_));
             if let Reply::Close(reason) = &reply {
