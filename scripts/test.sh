@@ -45,7 +45,7 @@ MADSIM_TEST_NUM=${MADSIM_TEST_NUM:-20} cargo simtest --release --test sim
 
 if [[ -z ${SKIP_ACCEPTANCE:-} && -n $PY ]]; then
   step "acceptance checks with real clients"
-  scripts/acceptance.sh "$PY" basics,badinput,keys
+  scripts/acceptance.sh "$PY" basics,badinput,keys,groups,idempotent_producer
 fi
 echo
 echo "all tests passed"

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod group;
 pub mod limits;
 pub mod log;
 pub mod protocol;

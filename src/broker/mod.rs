@@ -14,6 +14,7 @@
 
 mod admin;
 mod data;
+mod group;
 mod producer_state;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use crate::log::{Log, LogConfig, LogError};
 use crate::protocol::{self, errors};
 use crate::runtime::{self, Disk};
 
+pub use group::run_group_timer;
 pub use producer_state::{ProducerState, SequenceCheck};
 
 /// Errors that stop the broker from starting or from persisting metadata.
@@ -136,6 +138,7 @@ pub struct Broker {
     flush_wanted: Notify,
     next_producer_id: AtomicI64,
     shutting_down: AtomicBool,
+    groups: group::Groups,
 }
 
 /// One line of the topics file: name, id, partition count, config overrides.
@@ -179,6 +182,7 @@ impl Broker {
             flush_wanted: Notify::new(),
             next_producer_id: AtomicI64::new((now & 0xFF_FFFF_FFFF) << 10),
             shutting_down: AtomicBool::new(false),
+            groups: group::Groups::open(&config, disk.clone(), &data_dir)?,
         };
         let entries = broker.read_topics_file()?;
         let mut topics = BTreeMap::new();
@@ -399,6 +403,29 @@ impl Broker {
             ApiKey::InitProducerId => {
                 self.sync::<InitProducerIdRequest>(&ctx, frame, |b, r, c| b.init_producer_id(r, c))
             }
+            ApiKey::FindCoordinator => {
+                self.sync::<FindCoordinatorRequest>(&ctx, frame, |b, r, c| b.find_coordinator(r, c))
+            }
+            ApiKey::JoinGroup => match protocol::decode_body::<JoinGroupRequest>(&mut frame, v) {
+                Ok(r) => self.join_group(r, ctx),
+                Err(e) => Reply::Close(format!("malformed JoinGroup v{v}: {e}")),
+            },
+            ApiKey::SyncGroup => match protocol::decode_body::<SyncGroupRequest>(&mut frame, v) {
+                Ok(r) => self.sync_group(r, ctx),
+                Err(e) => Reply::Close(format!("malformed SyncGroup v{v}: {e}")),
+            },
+            ApiKey::Heartbeat => self.sync::<HeartbeatRequest>(&ctx, frame, |b, r, c| b.heartbeat(r, c)),
+            ApiKey::LeaveGroup => self.sync::<LeaveGroupRequest>(&ctx, frame, |b, r, c| b.leave_group(r, c)),
+            ApiKey::OffsetCommit => match protocol::decode_body::<OffsetCommitRequest>(&mut frame, v) {
+                Ok(r) => self.offset_commit(r, ctx),
+                Err(e) => Reply::Close(format!("malformed OffsetCommit v{v}: {e}")),
+            },
+            ApiKey::OffsetFetch => self.sync::<OffsetFetchRequest>(&ctx, frame, |b, r, c| b.offset_fetch(r, c)),
+            ApiKey::ListGroups => self.sync::<ListGroupsRequest>(&ctx, frame, |b, r, c| b.list_groups(r, c)),
+            ApiKey::DescribeGroups => {
+                self.sync::<DescribeGroupsRequest>(&ctx, frame, |b, r, c| b.describe_groups(r, c))
+            }
+            ApiKey::DeleteGroups => self.sync::<DeleteGroupsRequest>(&ctx, frame, |b, r, c| b.delete_groups(r, c)),
             other => Reply::Close(format!("API {other:?} is not served by this broker yet")),
         }
     }

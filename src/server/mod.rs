@@ -93,6 +93,7 @@ impl Server {
             })
         };
 
+        let group_timer = tokio::spawn(crate::broker::run_group_timer(broker.clone()));
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -126,6 +127,7 @@ impl Server {
         broker.begin_shutdown();
         flusher.abort();
         retention.abort();
+        group_timer.abort();
         broker.flush_round(true).await;
         broker.close();
         tracing::info!("shut down cleanly");
