@@ -18,6 +18,9 @@ pub const FETCH_PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;
 pub const FETCH_RESPONSE_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Longest long-poll wait honoured for a fetch, whatever the client asks for.
 pub const FETCH_MAX_WAIT_MS_MAX: i64 = 30_000;
+/// Largest decompressed size of one record batch's records accepted on produce; a batch that
+/// expands beyond it is refused (CORRUPT_MESSAGE) instead of being expanded in memory.
+pub const DECOMPRESSED_BATCH_MAX_BYTES: usize = 128 * 1024 * 1024;
 /// Topic name length limit (Kafka's).
 pub const TOPIC_NAME_MAX_LEN: usize = 249;
 /// Partitions one topic may have.

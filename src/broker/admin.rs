@@ -413,7 +413,9 @@ impl Broker {
             let mut r = describe_configs_response::DescribeConfigsResult::default();
             r.resource_type = res.resource_type;
             r.resource_name = res.resource_name.clone();
-            let wanted = |k: &str| res.configuration_keys.as_ref().is_none_or(|ks| ks.iter().any(|x| x.as_str() == k));
+            let wanted = |k: &str| {
+                res.configuration_keys.as_ref().is_none_or(|ks| ks.is_empty() || ks.iter().any(|x| x.as_str() == k))
+            };
             let entry = |k: &str, v: &str, source: i8| {
                 let mut c = describe_configs_response::DescribeConfigsResourceResult::default();
                 c.name = str_bytes(k);

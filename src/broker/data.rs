@@ -66,7 +66,7 @@ impl Broker {
         let now = runtime::now_ms();
         let mut topics_out: Vec<(StrBytes, Vec<PartitionOutcome>)> = Vec::new();
         let mut appended_any = false;
-        let transactional = req.transactional_id.is_some();
+        let transactional = req.transactional_id.as_ref().is_some_and(|t| !t.is_empty());
         let timeout_ms = req.timeout_ms.clamp(1, 300_000) as u64;
         // Take the records out and drop everything else in the request first: the last
         // reference to the frame's buffer then lets `append` patch offsets without a copy.
@@ -282,9 +282,10 @@ impl Broker {
         let max_wait_ms = (req.max_wait_ms as i64).clamp(0, limits::FETCH_MAX_WAIT_MS_MAX);
         let min_bytes = req.min_bytes.max(0) as usize;
         let mut rx = self.appended.subscribe();
-        let first = self.fetch_once(&req, ctx.version);
-        if first.1 >= min_bytes.max(1) || max_wait_ms == 0 || first.2 || self.is_shutting_down() {
-            return Reply::Ready(ctx.encode(&first.0));
+        let (resp, bytes, errored) = self.fetch_once(&req, ctx.version);
+        if bytes >= min_bytes.max(1) || max_wait_ms == 0 || errored || self.is_shutting_down() {
+            let permit = self.hold_fetch_memory(bytes);
+            return Reply::Held(ctx.encode(&resp), permit);
         }
         let broker = self.clone();
         Reply::Wait(Box::pin(async move {
@@ -294,17 +295,34 @@ impl Broker {
                 let changed = tokio::time::timeout(left, rx.changed()).await;
                 let (resp, bytes, errored) = broker.fetch_once(&req, ctx.version);
                 if bytes >= min_bytes.max(1) || errored || !matches!(changed, Ok(Ok(()))) || broker.is_shutting_down() {
+                    // The frame is written as soon as this future returns (a waiting reply is
+                    // always at the head of its connection's queue), so the permit is held for
+                    // the encode and dropped just before the write.
+                    let _permit = broker.hold_fetch_memory(bytes);
                     return ctx.encode(&resp);
                 }
             }
         }))
     }
 
+    /// Accounts `bytes` of fetched records against `FETCH_PENDING_BYTES_MAX` until the returned
+    /// permit is dropped (after the response is written).
+    fn hold_fetch_memory(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = bytes.div_ceil(1024) as u32;
+        self.fetch_memory.clone().try_acquire_many_owned(kib).ok()
+    }
+
+    /// Bytes of fetch responses that may be built now without exceeding the pending-fetch
+    /// memory limit.
+    fn fetch_memory_available(&self) -> usize {
+        self.fetch_memory.available_permits().saturating_mul(1024)
+    }
+
     /// One pass over the requested partitions. Returns the response, the record bytes in it,
     /// and whether any partition carries an error (which answers immediately, as in Kafka).
     fn fetch_once(&self, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
         let response_max = if version >= 3 { req.max_bytes.max(0) as usize } else { limits::FETCH_RESPONSE_MAX_BYTES };
-        let response_max = response_max.min(limits::FETCH_RESPONSE_MAX_BYTES);
+        let response_max = response_max.min(limits::FETCH_RESPONSE_MAX_BYTES).min(self.fetch_memory_available());
         let read_committed = req.isolation_level == 1;
         let mut total = 0usize;
         let mut errored = false;
@@ -345,7 +363,7 @@ impl Broker {
                         pd.last_stable_offset = hw;
                         pd.log_start_offset = st.log.log_start_offset();
                         let budget = (fp.partition_max_bytes.max(0) as usize).min(response_max.saturating_sub(total));
-                        match st.log.read(fp.fetch_offset, budget, hw, total == 0) {
+                        match st.log.read(fp.fetch_offset, budget, hw, total == 0 && response_max > 0) {
                             Ok(r) => {
                                 total += r.records.len();
                                 pd.records = Some(r.records);
@@ -492,7 +510,7 @@ impl Broker {
 
     pub(super) fn init_producer_id(self: &Arc<Self>, req: InitProducerIdRequest, ctx: &RequestContext) -> Bytes {
         let mut resp = InitProducerIdResponse::default();
-        if req.transactional_id.is_some() {
+        if req.transactional_id.as_ref().is_some_and(|t| !t.is_empty()) {
             resp.error_code = errors::UNSUPPORTED_VERSION;
             resp.producer_id = kafka_protocol::messages::ProducerId(-1);
             resp.producer_epoch = -1;

@@ -640,53 +640,10 @@ fn fail_accepted(results: &mut [(StrBytes, Vec<(i32, i16)>)]) {
 mod tests {
     use super::*;
     use crate::runtime::MemDisk;
-    use bytes::{Buf, BytesMut};
-    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
+    use bytes::Buf;
+    use kafka_protocol::protocol::Decodable;
 
-    fn open_broker(disk: &MemDisk) -> Arc<Broker> {
-        let config = BrokerConfig::from_pairs([
-            ("node.id", "7"),
-            ("log.dirs", "/data"),
-            ("listeners", "PLAINTEXT://0.0.0.0:9092"),
-            ("group.initial.rebalance.delay.ms", "0"),
-        ])
-        .unwrap();
-        Broker::open(Arc::new(config), Arc::new(disk.clone())).unwrap()
-    }
-
-    fn frame<R: Encodable + HeaderVersion>(key: ApiKey, version: i16, req: &R) -> Bytes {
-        let mut header = RequestHeader::default();
-        header.request_api_key = key as i16;
-        header.request_api_version = version;
-        header.correlation_id = 99;
-        header.client_id = Some(sb("tester"));
-        let mut buf = BytesMut::new();
-        header.encode(&mut buf, R::header_version(version)).unwrap();
-        req.encode(&mut buf, version).unwrap();
-        buf.freeze()
-    }
-
-    async fn call<Req: Encodable + HeaderVersion, Resp: Decodable + HeaderVersion>(
-        b: &Arc<Broker>,
-        key: ApiKey,
-        version: i16,
-        req: &Req,
-    ) -> Resp {
-        let mut out = match b.handle(frame(key, version, req)) {
-            Reply::Ready(bytes) => bytes,
-            Reply::Wait(f) => f.await,
-            Reply::Nothing => panic!("{key:?} v{version}: no reply"),
-            Reply::Close(why) => panic!("{key:?} v{version}: closed: {why}"),
-        };
-        assert!(out.len() > 4, "{key:?} v{version}: empty response frame (encode failed)");
-        let size = out.get_i32() as usize;
-        assert_eq!(size, out.len());
-        let header = ResponseHeader::decode(&mut out, Resp::header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, 99);
-        let resp = Resp::decode(&mut out, version).unwrap();
-        assert!(!out.has_remaining(), "{key:?} v{version}: trailing bytes");
-        resp
-    }
+    use super::super::testkit::{call, frame, open_broker};
 
     fn join_request(member_id: &str) -> JoinGroupRequest {
         let mut p = join_group_request::JoinGroupRequestProtocol::default();

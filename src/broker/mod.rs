@@ -16,6 +16,10 @@ mod admin;
 mod data;
 mod group;
 mod producer_state;
+#[cfg(test)]
+pub(crate) mod testkit;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -73,6 +77,8 @@ pub enum Reply {
     Ready(Bytes),
     /// Await this, then write the frame it yields.
     Wait(Pin<Box<dyn Future<Output = Bytes> + Send>>),
+    /// Write this frame now; the permit accounts its memory until it is written.
+    Held(Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
     /// Write nothing (acks=0 produce).
     Nothing,
     /// Close the connection (the request cannot be answered in its own format).
@@ -139,6 +145,8 @@ pub struct Broker {
     next_producer_id: AtomicI64,
     shutting_down: AtomicBool,
     groups: group::Groups,
+    /// Memory held by fetch responses not yet written, in KiB permits.
+    fetch_memory: Arc<tokio::sync::Semaphore>,
 }
 
 /// One line of the topics file: name, id, partition count, config overrides.
@@ -183,6 +191,7 @@ impl Broker {
             next_producer_id: AtomicI64::new((now & 0xFF_FFFF_FFFF) << 10),
             shutting_down: AtomicBool::new(false),
             groups: group::Groups::open(&config, disk.clone(), &data_dir)?,
+            fetch_memory: Arc::new(tokio::sync::Semaphore::new(crate::limits::FETCH_PENDING_BYTES_MAX / 1024)),
         };
         let entries = broker.read_topics_file()?;
         let mut topics = BTreeMap::new();

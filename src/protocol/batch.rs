@@ -16,8 +16,10 @@
 
 use std::borrow::Cow;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
+#[cfg(test)]
+use bytes::Bytes;
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 use thiserror::Error;
 
 /// Bytes of the fixed batch header, up to and including recordsCount.
@@ -314,17 +316,15 @@ fn for_each_record<'a>(
 /// The record section of a complete batch, decompressed if needed.
 fn records_section<'a>(batch: &'a [u8], h: &BatchHeader) -> Result<Cow<'a, [u8]>, BatchError> {
     let raw = &batch[BATCH_HEADER_LEN..h.total_len()];
-    let map = |e: anyhow::Error| BatchError::Decompress(e.to_string());
-    let mut input = raw;
-    let out: Bytes = match h.compression() {
-        0 => return Ok(Cow::Borrowed(raw)),
-        1 => Gzip::decompress(&mut input, |b: &mut Bytes| Ok(b.clone())).map_err(map)?,
-        2 => Snappy::decompress(&mut input, |b: &mut Bytes| Ok(b.clone())).map_err(map)?,
-        3 => Lz4::decompress(&mut input, |b: &mut Bytes| Ok(b.clone())).map_err(map)?,
-        4 => Zstd::decompress(&mut input, |b: &mut Bytes| Ok(b.clone())).map_err(map)?,
-        c => return Err(BatchError::UnknownCompression(c)),
-    };
-    Ok(Cow::Owned(out.to_vec()))
+    match h.compression() {
+        0 => Ok(Cow::Borrowed(raw)),
+        c => super::decompress::decompress(c, raw, crate::limits::DECOMPRESSED_BATCH_MAX_BYTES)
+            .map(Cow::Owned)
+            .map_err(|e| match e {
+                super::decompress::DecompressError::UnknownCodec(c) => BatchError::UnknownCompression(c),
+                other => BatchError::Decompress(other.to_string()),
+            }),
+    }
 }
 
 /// Parses the header of a complete batch at the start of `batch` and checks its CRC.

@@ -8,6 +8,7 @@
 //! Architecture invariant: this module performs no I/O and never panics on hostile bytes.
 
 pub mod batch;
+pub mod decompress;
 pub mod errors;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};

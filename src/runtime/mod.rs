@@ -6,8 +6,10 @@
 //! (where a simulated disk with fault injection stands in for [`StdDisk`]).
 
 mod disk;
+mod simdisk;
 
 pub use disk::{Disk, File, MemDisk, StdDisk};
+pub use simdisk::{DiskEvent, SimDisk, SimDiskConfig, SECTOR_BYTES};
 
 /// Milliseconds since the Unix epoch. Under madsim the libc clock is intercepted, so this is
 /// simulated time and a seed reproduces it exactly.

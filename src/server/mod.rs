@@ -141,8 +141,13 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, max_request: u
 
     let writer = async move {
         while let Some(reply) = rx.recv().await {
+            let mut _held = None;
             let frame = match reply {
                 Reply::Ready(b) => b,
+                Reply::Held(b, permit) => {
+                    _held = permit;
+                    b
+                }
                 Reply::Wait(f) => f.await,
                 Reply::Nothing => continue,
                 Reply::Close(_) => break,
