@@ -55,6 +55,7 @@ enum Kind {
     CleanupPolicy,
     TimestampType,
     Compression,
+    Voters,
 }
 
 const I64MAX: i64 = i64::MAX;
@@ -64,7 +65,7 @@ const BROKER_KEYS: &[(&str, &str, Kind, &str)] = &[
     ("node.id", "1", Kind::Int { min: 0, max: i32::MAX as i64 }, "this node's id"),
     ("broker.id", "", Kind::Int { min: 0, max: i32::MAX as i64 }, "alias of node.id"),
     ("process.roles", "broker,controller", Kind::Roles, "broker, controller, or both"),
-    ("controller.quorum.voters", "", Kind::Str, "id@host:port list of controller voters"),
+    ("controller.quorum.voters", "", Kind::Voters, "id@host:port list of controller voters"),
     ("controller.listener.names", "CONTROLLER", Kind::Str, "listener names used by controllers"),
     ("cluster.id", "", Kind::Str, "cluster id (generated and stored on first start when unset)"),
     ("listeners", "PLAINTEXT://127.0.0.1:9092", Kind::Listeners, "where to listen"),
@@ -137,6 +138,47 @@ const BROKER_KEYS: &[(&str, &str, Kind, &str)] = &[
     ),
     ("transaction.state.log.min.isr", "1", Kind::Int { min: 1, max: 32767 }, "min ISR of transaction state"),
     ("replica.lag.time.max.ms", "30000", Kind::Int { min: 1, max: I64MAX }, "follower lag before leaving the ISR"),
+    ("replica.fetch.wait.max.ms", "500", Kind::Int { min: 0, max: I64MAX }, "longest wait of a follower's fetch"),
+    (
+        "replica.fetch.max.bytes",
+        "1048576",
+        Kind::Int { min: 1, max: i32::MAX as i64 },
+        "bytes per partition in a follower fetch",
+    ),
+    (
+        "replica.fetch.response.max.bytes",
+        "10485760",
+        Kind::Int { min: 1, max: i32::MAX as i64 },
+        "bytes per follower fetch response",
+    ),
+    ("num.replica.fetchers", "1", Kind::Int { min: 1, max: 64 }, "fetcher connections per source broker"),
+    (
+        "broker.session.timeout.ms",
+        "1500",
+        Kind::Int { min: 100, max: I64MAX },
+        "a broker that has not heartbeated this long is fenced",
+    ),
+    (
+        "broker.heartbeat.interval.ms",
+        "200",
+        Kind::Int { min: 10, max: I64MAX },
+        "how often brokers heartbeat to the controller",
+    ),
+    (
+        "controller.quorum.election.timeout.ms",
+        "600",
+        Kind::Int { min: 50, max: I64MAX },
+        "Raft election timeout of the controller quorum",
+    ),
+    ("controller.quorum.tick.ms", "50", Kind::Int { min: 1, max: 10_000 }, "Raft tick of the controller quorum"),
+    (
+        "leader.imbalance.check.interval.seconds",
+        "300",
+        Kind::Int { min: 1, max: I64MAX },
+        "how often preferred leaders are restored",
+    ),
+    ("auto.leader.rebalance.enable", "true", Kind::Bool, "restore preferred leaders periodically"),
+    ("controlled.shutdown.enable", "true", Kind::Bool, "move leadership away before a broker exits"),
 ];
 
 /// Topic-level keys: (name, broker key whose value is the default, or a literal default).
@@ -204,6 +246,9 @@ fn check(key: &str, value: &str, kind: Kind) -> Result<(), ConfigError> {
                 return Err(bad("must be CreateTime or LogAppendTime".into()));
             }
         }
+        Kind::Voters => {
+            parse_voters(value).map_err(bad)?;
+        }
         Kind::Compression => {
             if !matches!(value, "producer" | "uncompressed" | "none" | "gzip" | "snappy" | "lz4" | "zstd") {
                 return Err(bad("must be producer, uncompressed, gzip, snappy, lz4 or zstd".into()));
@@ -231,6 +276,33 @@ pub fn parse_listener(s: &str) -> Result<Listener, String> {
     let port: u16 = port.parse().map_err(|_| format!("listener {s:?} has an invalid port"))?;
     let host = if host.is_empty() { "0.0.0.0" } else { host };
     Ok(Listener { name: name.to_string(), host: host.trim_matches(|c| c == '[' || c == ']').to_string(), port })
+}
+
+/// One controller quorum voter: `id@host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    /// Node id.
+    pub id: i32,
+    /// Host.
+    pub host: String,
+    /// Controller port.
+    pub port: u16,
+}
+
+/// Parses `controller.quorum.voters`.
+pub fn parse_voters(s: &str) -> Result<Vec<Voter>, String> {
+    let mut out = Vec::new();
+    for v in s.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        let (id, addr) = v.split_once('@').ok_or_else(|| format!("voter {v:?} is not id@host:port"))?;
+        let id: i32 = id.parse().map_err(|_| format!("voter {v:?} has an invalid id"))?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("voter {v:?} has no port"))?;
+        let port: u16 = port.parse().map_err(|_| format!("voter {v:?} has an invalid port"))?;
+        if out.iter().any(|o: &Voter| o.id == id) {
+            return Err(format!("voter id {id} appears twice"));
+        }
+        out.push(Voter { id, host: host.to_string(), port });
+    }
+    Ok(out)
 }
 
 /// The validated broker configuration.
@@ -295,6 +367,27 @@ impl BrokerConfig {
                 value: cfg.get("listeners").into(),
                 reason: "at least one listener is required".into(),
             });
+        }
+        let voters = cfg.controller_quorum_voters();
+        let (_, is_controller) = cfg.process_roles();
+        if !voters.is_empty() && is_controller {
+            if !voters.iter().any(|v| v.id == cfg.node_id()) {
+                return Err(ConfigError::InvalidValue {
+                    key: "controller.quorum.voters".into(),
+                    value: cfg.get("controller.quorum.voters").into(),
+                    reason: format!("this node (node.id {}) has the controller role but is not a voter", cfg.node_id()),
+                });
+            }
+            if cfg.controller_listener().is_none() {
+                return Err(ConfigError::InvalidValue {
+                    key: "listeners".into(),
+                    value: cfg.get("listeners").into(),
+                    reason: format!(
+                        "a controller needs a listener named in controller.listener.names ({})",
+                        cfg.get("controller.listener.names")
+                    ),
+                });
+            }
         }
         Ok(cfg)
     }
@@ -401,6 +494,32 @@ impl BrokerConfig {
     /// `log.flush.scheduler.interval.ms`.
     pub fn flush_scheduler_interval_ms(&self) -> u64 {
         self.int("log.flush.scheduler.interval.ms") as u64
+    }
+    /// `process.roles`: (broker, controller).
+    pub fn process_roles(&self) -> (bool, bool) {
+        let roles: Vec<&str> = self.get("process.roles").split(',').map(str::trim).collect();
+        (roles.contains(&"broker"), roles.contains(&"controller"))
+    }
+    /// Parsed `controller.quorum.voters` (`id@host:port,...`); empty in standalone mode.
+    pub fn controller_quorum_voters(&self) -> Vec<Voter> {
+        parse_voters(self.get("controller.quorum.voters")).unwrap_or_default()
+    }
+    /// Whether this node is part of a multi-node cluster (a controller quorum is configured).
+    pub fn is_cluster_mode(&self) -> bool {
+        !self.controller_quorum_voters().is_empty()
+    }
+    /// The listener controllers use (named in `controller.listener.names`), if this node has one.
+    pub fn controller_listener(&self) -> Option<Listener> {
+        let ctrl: Vec<&str> = self.get("controller.listener.names").split(',').map(str::trim).collect();
+        self.listeners().into_iter().find(|l| ctrl.contains(&l.name.as_str()))
+    }
+    /// An integer key's value (validated at load time).
+    pub fn int_value(&self, key: &str) -> i64 {
+        self.int(key)
+    }
+    /// A boolean key's value (validated at load time).
+    pub fn bool_value(&self, key: &str) -> bool {
+        self.bool(key)
     }
     /// `cluster.id` if set.
     pub fn cluster_id(&self) -> Option<&str> {
@@ -550,5 +669,31 @@ mod tests {
         assert_eq!(c.topic_config(&BTreeMap::new()).values["retention.ms"], "120000");
         let c = BrokerConfig::from_pairs([("log.retention.ms", "7")]).unwrap();
         assert_eq!(c.topic_config(&BTreeMap::new()).values["retention.ms"], "7");
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    // Proves cluster settings parse and inconsistent ones are refused with the key named.
+    #[test]
+    fn voters_and_controller_listener() {
+        let c = BrokerConfig::from_pairs([
+            ("node.id", "2"),
+            ("controller.quorum.voters", "1@127.0.0.1:19092,2@127.0.0.1:19093,3@127.0.0.1:19094"),
+            ("listeners", "PLAINTEXT://127.0.0.1:9093,CONTROLLER://127.0.0.1:19093"),
+        ])
+        .unwrap();
+        assert!(c.is_cluster_mode());
+        assert_eq!(c.controller_quorum_voters().len(), 3);
+        assert_eq!(c.controller_listener().unwrap().port, 19093);
+        assert_eq!(c.client_listener().port, 9093);
+        let e = BrokerConfig::from_pairs([("node.id", "9"), ("controller.quorum.voters", "1@h:1")]).unwrap_err();
+        assert!(e.to_string().contains("controller.quorum.voters"));
+        let e = BrokerConfig::from_pairs([("controller.quorum.voters", "1@h")]).unwrap_err();
+        assert!(e.to_string().contains("controller.quorum.voters"));
+        let e = BrokerConfig::from_pairs([("node.id", "1"), ("controller.quorum.voters", "1@h:1")]).unwrap_err();
+        assert!(e.to_string().contains("listeners"), "{e}");
     }
 }
