@@ -79,17 +79,23 @@ impl Broker {
         }
         let tc = self.config.topic_config(&overrides);
         if validate_only {
-            return Ok(Arc::new(Topic { name: name.into(), id: Uuid::nil(), config: tc, partitions: Vec::new() }));
+            return Ok(Arc::new(Topic {
+                name: name.into(),
+                id: Uuid::nil(),
+                config: tc,
+                partition_count: partitions,
+                partitions: BTreeMap::new(),
+            }));
         }
         let now = runtime::now_ms();
-        let mut parts = Vec::new();
+        let mut parts = BTreeMap::new();
         for i in 0..partitions {
             let p =
                 self.open_partition(name, i, &tc, now).map_err(|e| cerr(errors::KAFKA_STORAGE_ERROR, e.to_string()))?;
-            parts.push(p);
+            parts.insert(i, p);
         }
         let id = Uuid::from_u128(rand::random::<u128>() | 1);
-        let topic = Arc::new(Topic { name: name.into(), id, config: tc, partitions: parts });
+        let topic = Arc::new(Topic { name: name.into(), id, config: tc, partition_count: partitions, partitions: parts });
         let mut next = self.topics.read().unwrap().clone();
         next.insert(name.into(), topic.clone());
         self.write_topics_file(&next).map_err(|e| cerr(errors::KAFKA_STORAGE_ERROR, e.to_string()))?;
@@ -109,7 +115,7 @@ impl Broker {
         };
         self.write_topics_file(&next).map_err(|e| cerr(errors::KAFKA_STORAGE_ERROR, e.to_string()))?;
         *self.topics.write().unwrap() = next;
-        for p in &topic.partitions {
+        for p in topic.partitions.values() {
             p.deleted.store(true, Ordering::Release);
             p.durable.send_modify(|_| {});
             if let Err(e) = crate::log::delete_log(&*self.disk, &p.dir) {
@@ -128,7 +134,7 @@ impl Broker {
         mt.is_internal = false;
         mt.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
         let _ = version;
-        for p in &t.partitions {
+        for p in t.partitions.values() {
             let mut mp = metadata_response::MetadataResponsePartition::default();
             mp.partition_index = p.index;
             mp.leader_id = BrokerId(me);
@@ -255,7 +261,7 @@ impl Broker {
                             partitions
                         }
                     } else {
-                        t.partitions.len() as i32
+                        t.partition_count
                     };
                     r.replication_factor = 1;
                     if ctx.version >= 5 {
@@ -338,7 +344,7 @@ impl Broker {
         let Some(topic) = self.topic(name) else {
             return Err(cerr(errors::UNKNOWN_TOPIC_OR_PARTITION, format!("topic '{name}' does not exist")));
         };
-        let have = topic.partitions.len() as i32;
+        let have = topic.partition_count;
         if count <= have {
             return Err(cerr(
                 errors::INVALID_PARTITIONS,
@@ -357,13 +363,18 @@ impl Broker {
         let now = runtime::now_ms();
         let mut parts = topic.partitions.clone();
         for i in have..count {
-            parts.push(
-                self.open_partition(name, i, &topic.config, now)
-                    .map_err(|e| cerr(errors::KAFKA_STORAGE_ERROR, e.to_string()))?,
-            );
+            let p = self
+                .open_partition(name, i, &topic.config, now)
+                .map_err(|e| cerr(errors::KAFKA_STORAGE_ERROR, e.to_string()))?;
+            parts.insert(i, p);
         }
-        let grown =
-            Arc::new(Topic { name: topic.name.clone(), id: topic.id, config: topic.config.clone(), partitions: parts });
+        let grown = Arc::new(Topic {
+            name: topic.name.clone(),
+            id: topic.id,
+            config: topic.config.clone(),
+            partition_count: count,
+            partitions: parts,
+        });
         let mut next = self.topics.read().unwrap().clone();
         next.insert(name.into(), grown);
         self.write_topics_file(&next).map_err(|e| cerr(errors::KAFKA_STORAGE_ERROR, e.to_string()))?;
@@ -393,13 +404,14 @@ impl Broker {
             name: topic.name.clone(),
             id: topic.id,
             config: config.clone(),
+            partition_count: topic.partition_count,
             partitions: topic.partitions.clone(),
         });
         let mut next = self.topics.read().unwrap().clone();
         next.insert(name.into(), updated);
         self.write_topics_file(&next).map_err(|e| cerr(errors::KAFKA_STORAGE_ERROR, e.to_string()))?;
         *self.topics.write().unwrap() = next;
-        for p in &topic.partitions {
+        for p in topic.partitions.values() {
             p.state.lock().unwrap().log.set_config(super::log_config(&config));
         }
         Ok(())

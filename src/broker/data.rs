@@ -95,7 +95,7 @@ impl Broker {
                         format!("acks={a} is not -1, 0 or 1"),
                     ),
                     (None, _) => PartitionOutcome::error(pd.index, errors::UNKNOWN_TOPIC_OR_PARTITION, "unknown topic"),
-                    (Some(t), _) => match usize::try_from(pd.index).ok().and_then(|i| t.partitions.get(i)) {
+                    (Some(t), _) => match t.partitions.get(&pd.index) {
                         None => {
                             PartitionOutcome::error(pd.index, errors::UNKNOWN_TOPIC_OR_PARTITION, "unknown partition")
                         }
@@ -342,7 +342,7 @@ impl Broker {
                 pd.aborted_transactions = if read_committed { Some(Vec::new()) } else { None };
                 pd.records = Some(Bytes::new());
                 let partition =
-                    topic.as_ref().and_then(|t| usize::try_from(fp.partition).ok().and_then(|i| t.partitions.get(i)));
+                    topic.as_ref().and_then(|t| t.partitions.get(&fp.partition));
                 match partition {
                     None => {
                         pd.error_code = if version >= 13 && topic.is_none() {
@@ -396,7 +396,7 @@ impl Broker {
                 pr.leader_epoch = -1;
                 let p = topic
                     .as_ref()
-                    .and_then(|t| usize::try_from(lp.partition_index).ok().and_then(|i| t.partitions.get(i)));
+                    .and_then(|t| t.partitions.get(&lp.partition_index));
                 match p {
                     None => pr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
                     Some(_) if lp.current_leader_epoch > SINGLE_NODE_LEADER_EPOCH => {
@@ -451,7 +451,7 @@ impl Broker {
                 e.leader_epoch = -1;
                 e.end_offset = -1;
                 let p =
-                    topic.as_ref().and_then(|t| usize::try_from(lp.partition).ok().and_then(|i| t.partitions.get(i)));
+                    topic.as_ref().and_then(|t| t.partitions.get(&lp.partition));
                 match p {
                     None => e.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
                     Some(_) if epoch_error(lp.current_leader_epoch, SINGLE_NODE_LEADER_EPOCH).is_some() => {
@@ -485,7 +485,7 @@ impl Broker {
                 pr.low_watermark = -1;
                 let p = topic
                     .as_ref()
-                    .and_then(|t| usize::try_from(dp.partition_index).ok().and_then(|i| t.partitions.get(i)));
+                    .and_then(|t| t.partitions.get(&dp.partition_index));
                 match p {
                     None => pr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
                     Some(p) => {

@@ -350,7 +350,7 @@ impl Broker {
             for p in &t.partitions {
                 let exists = topic
                     .as_ref()
-                    .is_some_and(|tp| p.partition_index >= 0 && (p.partition_index as usize) < tp.partitions.len());
+                    .is_some_and(|tp| p.partition_index >= 0 && p.partition_index < tp.partition_count);
                 let is_new = g.offsets.fetch(&group_id, &t.name.0, p.partition_index).is_none();
                 let code = if membership != errors::NONE {
                     membership

@@ -127,8 +127,10 @@ pub struct Topic {
     pub id: Uuid,
     /// Effective configuration.
     pub config: TopicConfig,
-    /// Partitions by index.
-    pub partitions: Vec<Arc<Partition>>,
+    /// Number of partitions the topic has (cluster-wide).
+    pub partition_count: i32,
+    /// The partitions with a replica on this broker, by index (all of them on a single node).
+    pub partitions: BTreeMap<i32, Arc<Partition>>,
 }
 
 /// The single-node broker.
@@ -197,12 +199,12 @@ impl Broker {
         let mut topics = BTreeMap::new();
         for (name, id, n, overrides) in entries {
             let tc = config.topic_config(&overrides);
-            let mut partitions = Vec::new();
+            let mut partitions = BTreeMap::new();
             for i in 0..n {
-                partitions.push(broker.open_partition(&name, i, &tc, now)?);
+                partitions.insert(i, broker.open_partition(&name, i, &tc, now)?);
             }
             tracing::info!(topic = %name, partitions = n, "loaded topic");
-            topics.insert(name.clone(), Arc::new(Topic { name, id, config: tc, partitions }));
+            topics.insert(name.clone(), Arc::new(Topic { name, id, config: tc, partition_count: n, partitions }));
         }
         *broker.topics.write().unwrap() = topics;
         Ok(Arc::new(broker))
@@ -278,7 +280,7 @@ impl Broker {
     fn write_topics_file(&self, topics: &BTreeMap<String, Arc<Topic>>) -> Result<(), BrokerError> {
         let mut text = String::from("# runnel topics: name, id, partitions, config overrides\n");
         for t in topics.values() {
-            text.push_str(&format!("{}\t{}\t{}", t.name, t.id, t.partitions.len()));
+            text.push_str(&format!("{}\t{}\t{}", t.name, t.id, t.partition_count));
             for (k, v) in &t.config.overrides {
                 text.push_str(&format!("\t{k}={v}"));
             }
@@ -343,7 +345,7 @@ impl Broker {
 
     /// A partition by topic and index.
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
-        self.topic(topic).and_then(|t| usize::try_from(index).ok().and_then(|i| t.partitions.get(i).cloned()))
+        self.topic(topic).and_then(|t| t.partitions.get(&index).cloned())
     }
 
     /// Handles one request frame (header + body, without the size prefix).
@@ -491,7 +493,7 @@ impl Broker {
         for t in self.all_topics() {
             let flush_ms = t.config.flush_ms();
             let flush_messages = t.config.flush_messages();
-            for p in &t.partitions {
+            for p in t.partitions.values() {
                 if !p.dirty.load(Ordering::Acquire) || p.poisoned.load(Ordering::Acquire) {
                     continue;
                 }
@@ -551,7 +553,7 @@ impl Broker {
     pub fn retention_round(&self) {
         let now = runtime::now_ms();
         for t in self.all_topics() {
-            for p in &t.partitions {
+            for p in t.partitions.values() {
                 let mut st = p.state.lock().unwrap();
                 if let Err(e) = st.log.maybe_roll(now) {
                     tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "segment roll failed");
@@ -569,7 +571,7 @@ impl Broker {
     /// Closes every log cleanly (syncs and writes the clean-shutdown markers).
     pub fn close(&self) {
         for t in self.all_topics() {
-            for p in &t.partitions {
+            for p in t.partitions.values() {
                 let mut st = p.state.lock().unwrap();
                 if let Err(e) = st.log.close() {
                     tracing::error!(topic = %p.topic, partition = p.index, error = %e, "clean close failed");

@@ -205,7 +205,7 @@ async fn restart_keeps_topics_and_synced_data() {
     let t = b.topic("t").expect("topic survives restart");
     assert_eq!(t.partitions.len(), 3);
     assert_eq!(t.config.values["retention.ms"], "3600000");
-    let leo = t.partitions[2].state.lock().unwrap().log.log_end_offset();
+    let leo = t.partitions[&2].state.lock().unwrap().log.log_end_offset();
     assert_eq!(leo, 4, "exactly the fsynced acks=all records survive the crash");
 }
 
@@ -257,7 +257,7 @@ async fn idempotent_retries_are_deduplicated() {
     let crc = crc32c::crc32c(&raw[21..]);
     raw[17..21].copy_from_slice(&crc.to_be_bytes());
     assert_eq!(produce(&b, "t", 0, 1, Bytes::from(raw)).await.0, errors::OUT_OF_ORDER_SEQUENCE_NUMBER);
-    assert_eq!(b.topic("t").unwrap().partitions[0].state.lock().unwrap().log.log_end_offset(), 1);
+    assert_eq!(b.topic("t").unwrap().partitions[&0].state.lock().unwrap().log.log_end_offset(), 1);
 }
 
 // Proves every served version of the data and admin APIs yields a response that encodes and

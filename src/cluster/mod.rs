@@ -5,5 +5,6 @@
 //! decisions) and `replication` (leader/follower partition state). This module owns their
 //! sockets and timers.
 
+pub mod controller;
 pub mod rpc;
 pub mod transport;

@@ -11,8 +11,6 @@ use uuid::Uuid;
 
 /// Largest controller frame accepted (metadata fetch responses are chunked below this).
 pub const RPC_FRAME_MAX_BYTES: usize = 64 * 1024 * 1024;
-/// Metadata records returned by one fetch at most.
-pub const METADATA_FETCH_RECORDS_MAX: usize = 10_000;
 const VERSION: u8 = 1;
 
 /// Why a frame could not be decoded.
@@ -55,9 +53,10 @@ pub enum ControllerRequest {
         /// The last metadata record index the broker applied.
         metadata_index: u64,
     },
-    /// Committed metadata records from `from_index` on, waiting up to `max_wait_ms` for new ones.
+    /// The metadata image if it is newer than `from_index`, waiting up to `max_wait_ms` for a
+    /// change.
     FetchMetadata {
-        /// First record index wanted.
+        /// The applied index of the image the broker has (0: none).
         from_index: u64,
         /// Long-poll bound.
         max_wait_ms: u32,
@@ -137,12 +136,12 @@ pub enum ControllerResponse {
         /// Controlled shutdown may proceed (no leaderships left).
         shutdown_ok: bool,
     },
-    /// Committed metadata records.
+    /// The committed metadata image, when it is newer than the one the broker has.
     Metadata {
-        /// (index, encoded record) in order.
-        records: Vec<(u64, Bytes)>,
-        /// Highest committed index known to this controller.
-        committed_index: u64,
+        /// The log index the image reflects.
+        applied_index: u64,
+        /// `MetadataImage::encode` bytes, or `None` when the broker is already up to date.
+        image: Option<Bytes>,
     },
     /// An admin or AlterPartition outcome (Kafka error code and message).
     Done {
@@ -395,12 +394,14 @@ impl ControllerResponse {
                 e.0.put_u8(*fenced as u8);
                 e.0.put_u8(*shutdown_ok as u8);
             }),
-            ControllerResponse::Metadata { records, committed_index } => frame(103, correlation_id, |e| {
-                e.0.put_u64(*committed_index);
-                e.0.put_u32(records.len() as u32);
-                for (i, r) in records {
-                    e.0.put_u64(*i);
-                    e.bytes(r);
+            ControllerResponse::Metadata { applied_index, image } => frame(103, correlation_id, |e| {
+                e.0.put_u64(*applied_index);
+                match image {
+                    Some(b) => {
+                        e.0.put_u8(1);
+                        e.bytes(b);
+                    }
+                    None => e.0.put_u8(0),
                 }
             }),
             ControllerResponse::Done { error_code, message } => frame(104, correlation_id, |e| {
@@ -422,13 +423,9 @@ impl ControllerResponse {
             101 => ControllerResponse::NotController { leader_hint: d.i32()? },
             102 => ControllerResponse::Heartbeat { fenced: d.bool()?, shutdown_ok: d.bool()? },
             103 => {
-                let committed_index = d.u64()?;
-                let n = d.count(METADATA_FETCH_RECORDS_MAX)?;
-                let mut records = Vec::with_capacity(n);
-                for _ in 0..n {
-                    records.push((d.u64()?, d.bytes()?));
-                }
-                ControllerResponse::Metadata { records, committed_index }
+                let applied_index = d.u64()?;
+                let image = if d.bool()? { Some(d.bytes()?) } else { None };
+                ControllerResponse::Metadata { applied_index, image }
             }
             104 => ControllerResponse::Done { error_code: d.i16()?, message: d.str()? },
             105 => ControllerResponse::ProducerIds { first: d.i64()?, count: d.i32()? },
@@ -491,7 +488,8 @@ mod tests {
         let resps = vec![
             ControllerResponse::NotController { leader_hint: 2 },
             ControllerResponse::Heartbeat { fenced: false, shutdown_ok: true },
-            ControllerResponse::Metadata { records: vec![(1, Bytes::from_static(b"r"))], committed_index: 9 },
+            ControllerResponse::Metadata { applied_index: 9, image: Some(Bytes::from_static(b"img")) },
+            ControllerResponse::Metadata { applied_index: 9, image: None },
             ControllerResponse::Done { error_code: 36, message: "exists".into() },
             ControllerResponse::ProducerIds { first: 1000, count: 1000 },
         ];
