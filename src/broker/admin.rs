@@ -95,7 +95,8 @@ impl Broker {
             parts.insert(i, p);
         }
         let id = Uuid::from_u128(rand::random::<u128>() | 1);
-        let topic = Arc::new(Topic { name: name.into(), id, config: tc, partition_count: partitions, partitions: parts });
+        let topic =
+            Arc::new(Topic { name: name.into(), id, config: tc, partition_count: partitions, partitions: parts });
         let mut next = self.topics.read().unwrap().clone();
         next.insert(name.into(), topic.clone());
         self.write_topics_file(&next).map_err(|e| cerr(errors::KAFKA_STORAGE_ERROR, e.to_string()))?;

@@ -13,15 +13,34 @@ use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
-use super::{Broker, Partition, Reply, RequestContext, SequenceCheck};
+use super::{Broker, Partition, Reply, RequestContext, Role, SequenceCheck};
 use crate::limits;
 use crate::log::LogError;
 use crate::protocol::batch::{self, ValidateOptions};
 use crate::protocol::errors;
+use crate::replication::FollowerFetch;
 use crate::runtime;
 
 /// The leader epoch of every partition on a single node.
 pub const SINGLE_NODE_LEADER_EPOCH: i32 = 0;
+
+/// One pass over a fetch request, with the side effects the caller must publish.
+struct FetchPass {
+    resp: FetchResponse,
+    bytes: usize,
+    errored: bool,
+    hw_moved: Vec<(Arc<Partition>, i64)>,
+    isr_proposals: Vec<(Arc<Partition>, Vec<i32>)>,
+}
+
+/// What an acknowledged produce waits for.
+#[derive(Clone, Copy)]
+enum AckWait {
+    /// Single node: the local fsync covering offsets below this.
+    Fsync(i64),
+    /// Cluster leader: the high watermark reaching `upto` (every ISR member fsynced it).
+    HighWatermark { upto: i64, min_insync_replicas: i32 },
+}
 
 struct ProducePart {
     index: i32,
@@ -35,8 +54,8 @@ struct PartitionOutcome {
     base_offset: i64,
     log_append_time_ms: i64,
     log_start_offset: i64,
-    /// Wait until the partition is durable past this offset before answering.
-    wait_durable: Option<(Arc<Partition>, i64)>,
+    /// Wait for this before answering.
+    wait_durable: Option<(Arc<Partition>, AckWait)>,
 }
 
 impl PartitionOutcome {
@@ -120,7 +139,7 @@ impl Broker {
         if acks == 0 {
             return Reply::Nothing;
         }
-        let waits: Vec<(Arc<Partition>, i64)> =
+        let waits: Vec<(Arc<Partition>, AckWait)> =
             topics_out.iter().flat_map(|(_, o)| o.iter().filter_map(|p| p.wait_durable.clone())).collect();
         if waits.is_empty() {
             return Reply::Ready(ctx.encode(&build_produce_response(topics_out)));
@@ -128,23 +147,10 @@ impl Broker {
         self.flush_wanted.notify_one();
         Reply::Wait(Box::pin(async move {
             let mut failed: Vec<(String, i32, i16)> = Vec::new();
-            for (p, upto) in waits {
-                let mut rx = p.durable.subscribe();
-                let ok = tokio::time::timeout(Duration::from_millis(timeout_ms), async {
-                    loop {
-                        if p.poisoned.load(Ordering::Acquire) || p.deleted.load(Ordering::Acquire) {
-                            return errors::KAFKA_STORAGE_ERROR;
-                        }
-                        if *rx.borrow_and_update() >= upto {
-                            return errors::NONE;
-                        }
-                        if rx.changed().await.is_err() {
-                            return errors::KAFKA_STORAGE_ERROR;
-                        }
-                    }
-                })
-                .await
-                .unwrap_or(errors::REQUEST_TIMED_OUT);
+            for (p, wait) in waits {
+                let ok = tokio::time::timeout(Duration::from_millis(timeout_ms), wait_for_ack(&p, wait))
+                    .await
+                    .unwrap_or(errors::REQUEST_TIMED_OUT);
                 if ok != errors::NONE {
                     failed.push((p.topic.clone(), p.index, ok));
                 }
@@ -155,10 +161,13 @@ impl Broker {
                         failed.iter().find(|(ft, fi, _)| ft == t.as_str() && *fi == o.index).map(|f| (f, f.2))
                     {
                         o.error_code = code;
-                        o.error_message = Some(if code == errors::REQUEST_TIMED_OUT {
-                            "timed out waiting for fsync".into()
-                        } else {
-                            "log directory failed (fsync error); the record may not be durable".into()
+                        o.error_message = Some(match code {
+                            errors::REQUEST_TIMED_OUT => "timed out waiting for the in-sync replicas to fsync".into(),
+                            errors::KAFKA_STORAGE_ERROR => {
+                                "log directory failed (fsync error); the record may not be durable".into()
+                            }
+                            errors::NOT_LEADER_OR_FOLLOWER => "leadership moved before the record was committed".into(),
+                            _ => "not enough in-sync replicas".into(),
                         });
                         o.base_offset = -1;
                     }
@@ -205,6 +214,26 @@ impl Broker {
             );
         }
         let mut st = p.state.lock().unwrap();
+        let Some(leader_epoch) = st.leading_epoch() else {
+            return PartitionOutcome::error(
+                p.index,
+                errors::NOT_LEADER_OR_FOLLOWER,
+                "this broker does not lead the partition",
+            );
+        };
+        if let (Role::Leader(l), -1) = (&st.role, acks) {
+            if let Some(code) = l.acks_all_admit(tc.min_insync_replicas()).error_code() {
+                return PartitionOutcome::error(
+                    p.index,
+                    code,
+                    format!(
+                        "in-sync replicas {:?} are fewer than min.insync.replicas={}",
+                        l.isr(),
+                        tc.min_insync_replicas()
+                    ),
+                );
+            }
+        }
         // Idempotence: one producer id per request in practice; check every batch first.
         let idem = headers.first().filter(|h| h.producer_id >= 0).map(|h| {
             (
@@ -228,7 +257,8 @@ impl Broker {
                         wait_durable: if acks == -1 {
                             let leo = st.log.log_end_offset();
                             st.sync_wanted_upto = st.sync_wanted_upto.max(leo);
-                            Some((p.clone(), leo))
+                            let min_isr = tc.min_insync_replicas();
+                            Some((p.clone(), ack_wait_for(&st.role, leo, min_isr)))
                         } else {
                             None
                         },
@@ -247,7 +277,7 @@ impl Broker {
             Ok(unique) => unique,
             Err(shared) => bytes::BytesMut::from(&shared[..]),
         };
-        let info = match st.log.append(&mut buf, &headers, SINGLE_NODE_LEADER_EPOCH, now, opts.log_append_time) {
+        let info = match st.log.append(&mut buf, &headers, leader_epoch, now, opts.log_append_time) {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "append failed");
@@ -256,6 +286,10 @@ impl Broker {
         };
         if let Some((pid, epoch, first, last)) = idem {
             st.producers.record(pid, epoch, first, last, info.base_offset);
+        }
+        let leo = st.log.log_end_offset();
+        if let Role::Leader(l) = &mut st.role {
+            l.on_leader_append(leo);
         }
         let count = info.last_offset - info.base_offset + 1;
         st.unflushed_records += count;
@@ -274,7 +308,22 @@ impl Broker {
             base_offset: info.base_offset,
             log_append_time_ms: info.log_append_time_ms,
             log_start_offset: st.log.log_start_offset(),
-            wait_durable: must_sync.then(|| (p.clone(), info.last_offset + 1)),
+            wait_durable: must_sync
+                .then(|| (p.clone(), ack_wait_for(&st.role, info.last_offset + 1, tc.min_insync_replicas()))),
+        }
+    }
+
+    /// Publishes high-watermark moves and sends ISR expansions found by a fetch pass.
+    fn after_fetch_pass(self: &Arc<Self>, pass: &mut FetchPass) {
+        let moved = !pass.hw_moved.is_empty();
+        for (p, hw) in pass.hw_moved.drain(..) {
+            p.publish_hw(hw);
+        }
+        if moved {
+            self.appended.send_modify(|v| *v += 1);
+        }
+        for (p, isr) in pass.isr_proposals.drain(..) {
+            self.propose_isr(p, isr);
         }
     }
 
@@ -282,7 +331,9 @@ impl Broker {
         let max_wait_ms = (req.max_wait_ms as i64).clamp(0, limits::FETCH_MAX_WAIT_MS_MAX);
         let min_bytes = req.min_bytes.max(0) as usize;
         let mut rx = self.appended.subscribe();
-        let (resp, bytes, errored) = self.fetch_once(&req, ctx.version);
+        let mut pass = self.fetch_once(&req, ctx.version);
+        self.after_fetch_pass(&mut pass);
+        let FetchPass { resp, bytes, errored, .. } = pass;
         if bytes >= min_bytes.max(1) || max_wait_ms == 0 || errored || self.is_shutting_down() {
             let permit = self.hold_fetch_memory(bytes);
             return Reply::Held(ctx.encode(&resp), permit);
@@ -293,7 +344,9 @@ impl Broker {
             loop {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let changed = tokio::time::timeout(left, rx.changed()).await;
-                let (resp, bytes, errored) = broker.fetch_once(&req, ctx.version);
+                let mut pass = broker.fetch_once(&req, ctx.version);
+                broker.after_fetch_pass(&mut pass);
+                let FetchPass { resp, bytes, errored, .. } = pass;
                 if bytes >= min_bytes.max(1) || errored || !matches!(changed, Ok(Ok(()))) || broker.is_shutting_down() {
                     // The frame is written as soon as this future returns (a waiting reply is
                     // always at the head of its connection's queue), so the permit is held for
@@ -320,7 +373,11 @@ impl Broker {
 
     /// One pass over the requested partitions. Returns the response, the record bytes in it,
     /// and whether any partition carries an error (which answers immediately, as in Kafka).
-    fn fetch_once(&self, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+    fn fetch_once(&self, req: &FetchRequest, version: i16) -> FetchPass {
+        let replica_id = if version >= 15 { req.replica_state.replica_id.0 } else { req.replica_id.0 };
+        let now = runtime::now_ms();
+        let mut hw_moved = Vec::new();
+        let mut isr_proposals = Vec::new();
         let response_max = if version >= 3 { req.max_bytes.max(0) as usize } else { limits::FETCH_RESPONSE_MAX_BYTES };
         let response_max = response_max.min(limits::FETCH_RESPONSE_MAX_BYTES).min(self.fetch_memory_available());
         let read_committed = req.isolation_level == 1;
@@ -341,8 +398,7 @@ impl Broker {
                 pd.preferred_read_replica = kafka_protocol::messages::BrokerId(-1);
                 pd.aborted_transactions = if read_committed { Some(Vec::new()) } else { None };
                 pd.records = Some(Bytes::new());
-                let partition =
-                    topic.as_ref().and_then(|t| t.partitions.get(&fp.partition));
+                let partition = topic.as_ref().and_then(|t| t.partitions.get(&fp.partition));
                 match partition {
                     None => {
                         pd.error_code = if version >= 13 && topic.is_none() {
@@ -352,18 +408,76 @@ impl Broker {
                         };
                         errored = true;
                     }
-                    Some(_) if epoch_error(fp.current_leader_epoch, SINGLE_NODE_LEADER_EPOCH).is_some() => {
-                        pd.error_code = epoch_error(fp.current_leader_epoch, SINGLE_NODE_LEADER_EPOCH).unwrap_or(0);
-                        errored = true;
-                    }
                     Some(p) => {
-                        let st = p.state.lock().unwrap();
-                        let hw = st.log.log_end_offset();
-                        pd.high_watermark = hw;
-                        pd.last_stable_offset = hw;
+                        let mut st = p.state.lock().unwrap();
                         pd.log_start_offset = st.log.log_start_offset();
+                        let leo = st.log.log_end_offset();
                         let budget = (fp.partition_max_bytes.max(0) as usize).min(response_max.saturating_sub(total));
-                        match st.log.read(fp.fetch_offset, budget, hw, total == 0 && response_max > 0) {
+                        let min_one = total == 0 && response_max > 0;
+                        // Consumers read up to the high watermark; followers up to the log end.
+                        let upto = if replica_id >= 0 {
+                            let state = &mut *st;
+                            let (Role::Leader(l), Some(epochs)) = (&mut state.role, &state.epochs) else {
+                                pd.error_code = errors::NOT_LEADER_OR_FOLLOWER;
+                                errored = true;
+                                tr.partitions.push(pd);
+                                continue;
+                            };
+                            let hw_before = l.high_watermark();
+                            let fetch = FollowerFetch {
+                                replica_id,
+                                fetch_offset: fp.fetch_offset,
+                                // Followers fsync before fetching again (sync-before-fetch mode),
+                                // so their fetch offset is durable on their side.
+                                durable_log_end_offset: fp.fetch_offset,
+                                last_fetched_epoch: (version >= 12 && fp.last_fetched_epoch >= 0)
+                                    .then_some(fp.last_fetched_epoch),
+                                current_leader_epoch: (fp.current_leader_epoch >= 0).then_some(fp.current_leader_epoch),
+                            };
+                            match l.on_follower_fetch(&fetch, epochs, leo, now) {
+                                Err(rejection) => {
+                                    pd.error_code = rejection.error_code();
+                                    errored = true;
+                                    tr.partitions.push(pd);
+                                    continue;
+                                }
+                                Ok(effect) => {
+                                    if effect.hw_advanced || l.high_watermark() > hw_before {
+                                        hw_moved.push((p.clone(), l.high_watermark()));
+                                    }
+                                    if let Some(isr) = effect.isr_expand {
+                                        isr_proposals.push((p.clone(), isr));
+                                    }
+                                    if let Some(d) = effect.diverging_epoch {
+                                        pd.diverging_epoch.epoch = d.epoch;
+                                        pd.diverging_epoch.end_offset = d.end_offset;
+                                        pd.high_watermark = l.high_watermark();
+                                        errored = true;
+                                        tr.partitions.push(pd);
+                                        continue;
+                                    }
+                                }
+                            }
+                            pd.high_watermark = st.high_watermark();
+                            leo
+                        } else {
+                            let Some(epoch) = st.leading_epoch() else {
+                                pd.error_code = errors::NOT_LEADER_OR_FOLLOWER;
+                                errored = true;
+                                tr.partitions.push(pd);
+                                continue;
+                            };
+                            if let Some(code) = epoch_error(fp.current_leader_epoch, epoch) {
+                                pd.error_code = code;
+                                errored = true;
+                                tr.partitions.push(pd);
+                                continue;
+                            }
+                            pd.high_watermark = st.high_watermark();
+                            pd.high_watermark
+                        };
+                        pd.last_stable_offset = pd.high_watermark;
+                        match st.log.read(fp.fetch_offset, budget, upto, min_one) {
                             Ok(r) => {
                                 total += r.records.len();
                                 pd.records = Some(r.records);
@@ -379,7 +493,7 @@ impl Broker {
             }
             resp.responses.push(tr);
         }
-        (resp, total, errored)
+        FetchPass { resp, bytes: total, errored, hw_moved, isr_proposals }
     }
 
     pub(super) fn list_offsets(self: &Arc<Self>, req: ListOffsetsRequest, ctx: &RequestContext) -> Bytes {
@@ -394,21 +508,26 @@ impl Broker {
                 pr.timestamp = -1;
                 pr.offset = -1;
                 pr.leader_epoch = -1;
-                let p = topic
-                    .as_ref()
-                    .and_then(|t| t.partitions.get(&lp.partition_index));
+                let p = topic.as_ref().and_then(|t| t.partitions.get(&lp.partition_index));
                 match p {
                     None => pr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(_) if lp.current_leader_epoch > SINGLE_NODE_LEADER_EPOCH => {
-                        pr.error_code = errors::UNKNOWN_LEADER_EPOCH
-                    }
                     Some(p) => {
                         let st = p.state.lock().unwrap();
+                        let Some(epoch) = st.leading_epoch() else {
+                            pr.error_code = errors::NOT_LEADER_OR_FOLLOWER;
+                            tr.partitions.push(pr);
+                            continue;
+                        };
+                        if let Some(code) = epoch_error(lp.current_leader_epoch, epoch) {
+                            pr.error_code = code;
+                            tr.partitions.push(pr);
+                            continue;
+                        }
                         if ctx.version >= 4 {
-                            pr.leader_epoch = SINGLE_NODE_LEADER_EPOCH;
+                            pr.leader_epoch = epoch;
                         }
                         match lp.timestamp {
-                            -1 => pr.offset = st.log.log_end_offset(),
+                            -1 => pr.offset = st.high_watermark(),
                             -2 | -4 => pr.offset = st.log.log_start_offset(),
                             -3 => {
                                 if let Some((ts, off)) = st.log.max_timestamp() {
@@ -450,19 +569,29 @@ impl Broker {
                 e.partition = lp.partition;
                 e.leader_epoch = -1;
                 e.end_offset = -1;
-                let p =
-                    topic.as_ref().and_then(|t| t.partitions.get(&lp.partition));
+                let p = topic.as_ref().and_then(|t| t.partitions.get(&lp.partition));
                 match p {
                     None => e.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(_) if epoch_error(lp.current_leader_epoch, SINGLE_NODE_LEADER_EPOCH).is_some() => {
-                        e.error_code = epoch_error(lp.current_leader_epoch, SINGLE_NODE_LEADER_EPOCH).unwrap_or(0)
-                    }
                     Some(p) => {
-                        // Every record on a single node was written in epoch 0.
-                        let leo = p.state.lock().unwrap().log.log_end_offset();
-                        if lp.leader_epoch >= SINGLE_NODE_LEADER_EPOCH {
-                            e.leader_epoch = SINGLE_NODE_LEADER_EPOCH;
-                            e.end_offset = leo;
+                        let st = p.state.lock().unwrap();
+                        let leo = st.log.log_end_offset();
+                        match (st.leading_epoch(), &st.epochs) {
+                            (None, _) => e.error_code = errors::NOT_LEADER_OR_FOLLOWER,
+                            (Some(current), _) if epoch_error(lp.current_leader_epoch, current).is_some() => {
+                                e.error_code = epoch_error(lp.current_leader_epoch, current).unwrap_or(0)
+                            }
+                            (Some(_), Some(cache)) => {
+                                let end = cache.end_offset_for(lp.leader_epoch, leo);
+                                e.leader_epoch = end.epoch;
+                                e.end_offset = end.end_offset;
+                            }
+                            (Some(_), None) => {
+                                // Every record on a single node was written in epoch 0.
+                                if lp.leader_epoch >= SINGLE_NODE_LEADER_EPOCH {
+                                    e.leader_epoch = SINGLE_NODE_LEADER_EPOCH;
+                                    e.end_offset = leo;
+                                }
+                            }
                         }
                     }
                 }
@@ -483,9 +612,7 @@ impl Broker {
                 let mut pr = delete_records_response::DeleteRecordsPartitionResult::default();
                 pr.partition_index = dp.partition_index;
                 pr.low_watermark = -1;
-                let p = topic
-                    .as_ref()
-                    .and_then(|t| t.partitions.get(&dp.partition_index));
+                let p = topic.as_ref().and_then(|t| t.partitions.get(&dp.partition_index));
                 match p {
                     None => pr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
                     Some(p) => {
@@ -520,6 +647,56 @@ impl Broker {
             resp.producer_epoch = 0;
         }
         ctx.encode(&resp)
+    }
+}
+
+fn ack_wait_for(role: &Role, upto: i64, min_insync_replicas: i32) -> AckWait {
+    match role {
+        Role::Leader(_) => AckWait::HighWatermark { upto, min_insync_replicas },
+        _ => AckWait::Fsync(upto),
+    }
+}
+
+/// Waits for what an acknowledgement needs; returns the Kafka error code to answer.
+async fn wait_for_ack(p: &Arc<Partition>, wait: AckWait) -> i16 {
+    match wait {
+        AckWait::Fsync(upto) => {
+            let mut rx = p.durable.subscribe();
+            loop {
+                if p.poisoned.load(Ordering::Acquire) || p.deleted.load(Ordering::Acquire) {
+                    return errors::KAFKA_STORAGE_ERROR;
+                }
+                if *rx.borrow_and_update() >= upto {
+                    return errors::NONE;
+                }
+                if rx.changed().await.is_err() {
+                    return errors::KAFKA_STORAGE_ERROR;
+                }
+            }
+        }
+        AckWait::HighWatermark { upto, min_insync_replicas } => {
+            let mut rx = p.hw.subscribe();
+            loop {
+                rx.borrow_and_update();
+                if p.poisoned.load(Ordering::Acquire) || p.deleted.load(Ordering::Acquire) {
+                    return errors::KAFKA_STORAGE_ERROR;
+                }
+                {
+                    let st = p.state.lock().unwrap();
+                    match &st.role {
+                        Role::Leader(l) => {
+                            if let Some(code) = l.acks_all_ready(upto, min_insync_replicas).error_code() {
+                                return code;
+                            }
+                        }
+                        _ => return errors::NOT_LEADER_OR_FOLLOWER,
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return errors::NOT_LEADER_OR_FOLLOWER;
+                }
+            }
+        }
     }
 }
 

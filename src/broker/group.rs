@@ -348,9 +348,8 @@ impl Broker {
             let topic = self.topic(&t.name.0);
             let mut parts = Vec::new();
             for p in &t.partitions {
-                let exists = topic
-                    .as_ref()
-                    .is_some_and(|tp| p.partition_index >= 0 && p.partition_index < tp.partition_count);
+                let exists =
+                    topic.as_ref().is_some_and(|tp| p.partition_index >= 0 && p.partition_index < tp.partition_count);
                 let is_new = g.offsets.fetch(&group_id, &t.name.0, p.partition_index).is_none();
                 let code = if membership != errors::NONE {
                     membership

@@ -13,9 +13,11 @@
 //! - Lock order: `topics` before a partition's `state`; neither is held across an await.
 
 mod admin;
+mod cluster_admin;
 mod data;
 mod group;
 mod producer_state;
+mod replica;
 #[cfg(test)]
 pub(crate) mod testkit;
 #[cfg(test)]
@@ -37,10 +39,13 @@ use uuid::Uuid;
 use crate::config::{BrokerConfig, TopicConfig};
 use crate::log::{Log, LogConfig, LogError};
 use crate::protocol::{self, errors};
+use crate::replication::{FollowerState, LeaderEpochCache, LeaderState};
 use crate::runtime::{self, Disk};
 
+pub use data::SINGLE_NODE_LEADER_EPOCH;
 pub use group::run_group_timer;
 pub use producer_state::{ProducerState, SequenceCheck};
+pub use replica::ClusterState;
 
 /// Errors that stop the broker from starting or from persisting metadata.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +102,43 @@ pub struct PartitionState {
     pub first_unflushed_ms: i64,
     /// Some reply waits for everything below this offset to be fsynced.
     pub sync_wanted_upto: i64,
+    /// This replica's role (always `Standalone` on a single node).
+    pub role: Role,
+    /// The leader epoch cache (cluster mode only).
+    pub epochs: Option<LeaderEpochCache>,
+}
+
+/// A partition replica's role.
+pub enum Role {
+    /// Single-node mode: the only replica, leader at epoch 0, high watermark = log end offset.
+    Standalone,
+    /// Leader in cluster mode.
+    Leader(Box<LeaderState>),
+    /// Follower in cluster mode.
+    Follower(Box<FollowerState>),
+    /// Cluster mode, no leader elected (or not yet known).
+    Offline,
+}
+
+impl PartitionState {
+    /// The offset below which records are committed and visible to consumers.
+    pub fn high_watermark(&self) -> i64 {
+        match &self.role {
+            Role::Standalone => self.log.log_end_offset(),
+            Role::Leader(l) => l.high_watermark().min(self.log.log_end_offset()),
+            Role::Follower(f) => f.high_watermark(),
+            Role::Offline => 0,
+        }
+    }
+
+    /// The leader epoch when this replica leads, else `None`.
+    pub fn leading_epoch(&self) -> Option<i32> {
+        match &self.role {
+            Role::Standalone => Some(data::SINGLE_NODE_LEADER_EPOCH),
+            Role::Leader(l) => Some(l.leader_epoch()),
+            _ => None,
+        }
+    }
 }
 
 /// One partition.
@@ -111,12 +153,28 @@ pub struct Partition {
     pub state: Mutex<PartitionState>,
     /// The offset below which everything is fsynced.
     durable: watch::Sender<i64>,
+    /// The high watermark, published whenever it moves (cluster mode acks=all waits on it).
+    hw: watch::Sender<i64>,
     /// Set after a failed fsync: the log is no longer trusted.
     poisoned: AtomicBool,
     /// Set when the partition has unflushed appends.
     dirty: AtomicBool,
     /// Set when the topic is deleted (pending waiters fail).
     deleted: AtomicBool,
+}
+
+impl Partition {
+    /// Publishes a new high watermark to waiting acks=all produces.
+    pub fn publish_hw(&self, hw: i64) {
+        self.hw.send_if_modified(|v| {
+            if hw > *v {
+                *v = hw;
+                true
+            } else {
+                false
+            }
+        });
+    }
 }
 
 /// One topic.
@@ -147,6 +205,8 @@ pub struct Broker {
     next_producer_id: AtomicI64,
     shutting_down: AtomicBool,
     groups: group::Groups,
+    /// Cluster-mode state (`None` on a standalone node).
+    cluster: Option<ClusterState>,
     /// Memory held by fetch responses not yet written, in KiB permits.
     fetch_memory: Arc<tokio::sync::Semaphore>,
 }
@@ -190,12 +250,27 @@ impl Broker {
             admin_lock: Mutex::new(()),
             appended: watch::channel(0).0,
             flush_wanted: Notify::new(),
-            next_producer_id: AtomicI64::new((now & 0xFF_FFFF_FFFF) << 10),
+            // Producer ids: node id in the top bits, so brokers of a cluster never collide;
+            // start time below, so a restarted broker does not reuse its old ids.
+            next_producer_id: AtomicI64::new(
+                ((config.node_id() as i64 & 0x3FF) << 52) | ((now & 0xFF_FFFF_FFFF) << 10),
+            ),
             shutting_down: AtomicBool::new(false),
             groups: group::Groups::open(&config, disk.clone(), &data_dir)?,
+            cluster: config.is_cluster_mode().then(|| ClusterState {
+                image: RwLock::new(Arc::new(crate::controller::MetadataImage::new())),
+                applied_index: std::sync::atomic::AtomicU64::new(0),
+                image_changed: watch::channel(0).0,
+                incarnation: rand::random::<u64>() | 1,
+                controller: tokio::sync::Mutex::new(crate::cluster::transport::ControllerClient::new(
+                    config.controller_quorum_voters(),
+                    std::time::Duration::from_millis(3000),
+                )),
+            }),
             fetch_memory: Arc::new(tokio::sync::Semaphore::new(crate::limits::FETCH_PENDING_BYTES_MAX / 1024)),
         };
-        let entries = broker.read_topics_file()?;
+        // In cluster mode the topic table comes from the controller's metadata image.
+        let entries = if broker.cluster.is_some() { Vec::new() } else { broker.read_topics_file()? };
         let mut topics = BTreeMap::new();
         for (name, id, n, overrides) in entries {
             let tc = config.topic_config(&overrides);
@@ -240,8 +315,15 @@ impl Broker {
             return Ok(stored);
         }
         let id = config.cluster_id().map(str::to_string).unwrap_or_else(|| {
-            let u = Uuid::from_u128(rand::random::<u128>());
-            base64_url(u.as_bytes())
+            if config.is_cluster_mode() {
+                // Every node of a cluster derives the same id from the voter list.
+                let voters = config.get("controller.quorum.voters");
+                let a = crc32c::crc32c(voters.as_bytes()) as u128;
+                let b = crc32c::crc32c_append(0x5a5a_5a5a, voters.as_bytes()) as u128;
+                base64_url(&((a << 96) | (b << 64) | (a << 32) | b).to_be_bytes())
+            } else {
+                base64_url(Uuid::from_u128(rand::random::<u128>()).as_bytes())
+            }
         });
         let text = format!("version=1\ncluster.id={id}\nnode.id={}\n", config.node_id());
         write_atomic(disk, dir, META_FILE, text.as_bytes())?;
@@ -310,8 +392,11 @@ impl Broker {
                 unflushed_records: 0,
                 first_unflushed_ms: -1,
                 sync_wanted_upto: 0,
+                role: Role::Standalone,
+                epochs: None,
             }),
             durable: watch::channel(leo).0,
+            hw: watch::channel(leo).0,
             poisoned: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
@@ -377,7 +462,61 @@ impl Broker {
         };
         match support.key {
             ApiKey::ApiVersions => self.sync::<ApiVersionsRequest>(&ctx, frame, |b, r, c| b.api_versions(r, c)),
+            ApiKey::Metadata if self.cluster.is_some() => match protocol::decode_body::<MetadataRequest>(&mut frame, v)
+            {
+                Ok(r) => self.metadata_cluster(r, ctx),
+                Err(e) => Reply::Close(format!("malformed Metadata v{v}: {e}")),
+            },
             ApiKey::Metadata => self.sync::<MetadataRequest>(&ctx, frame, |b, r, c| b.metadata(r, c)),
+            ApiKey::CreateTopics if self.cluster.is_some() => {
+                match protocol::decode_body::<CreateTopicsRequest>(&mut frame, v) {
+                    Ok(r) => self.create_topics_cluster(r, ctx),
+                    Err(e) => Reply::Close(format!("malformed CreateTopics v{v}: {e}")),
+                }
+            }
+            ApiKey::DeleteTopics if self.cluster.is_some() => {
+                match protocol::decode_body::<DeleteTopicsRequest>(&mut frame, v) {
+                    Ok(r) => self.delete_topics_cluster(r, ctx),
+                    Err(e) => Reply::Close(format!("malformed DeleteTopics v{v}: {e}")),
+                }
+            }
+            ApiKey::DescribeCluster if self.cluster.is_some() => Reply::Ready(self.describe_cluster_cluster(&ctx)),
+            ApiKey::IncrementalAlterConfigs if self.cluster.is_some() => {
+                match protocol::decode_body::<IncrementalAlterConfigsRequest>(&mut frame, v) {
+                    Ok(r) => {
+                        let updates = r
+                            .resources
+                            .iter()
+                            .map(|res| {
+                                (res.resource_type, res.resource_name.to_string(), self.incremental_overrides(res))
+                            })
+                            .collect();
+                        self.alter_topic_configs_cluster(updates, r.validate_only, true, ctx)
+                    }
+                    Err(e) => Reply::Close(format!("malformed IncrementalAlterConfigs v{v}: {e}")),
+                }
+            }
+            ApiKey::AlterConfigs if self.cluster.is_some() => {
+                match protocol::decode_body::<AlterConfigsRequest>(&mut frame, v) {
+                    Ok(r) => {
+                        let updates = r
+                            .resources
+                            .iter()
+                            .map(|res| {
+                                let want: Result<BTreeMap<String, String>, String> = res
+                                    .configs
+                                    .iter()
+                                    .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                                    .map(|(k, v)| crate::config::validate_topic_config(&k, &v).map(|_| (k, v)))
+                                    .collect();
+                                (res.resource_type, res.resource_name.to_string(), want)
+                            })
+                            .collect();
+                        self.alter_topic_configs_cluster(updates, r.validate_only, false, ctx)
+                    }
+                    Err(e) => Reply::Close(format!("malformed AlterConfigs v{v}: {e}")),
+                }
+            }
             ApiKey::Produce => match protocol::decode_body::<ProduceRequest>(&mut frame, v) {
                 Ok(r) => {
                     // Drop the frame so each partition's records own their bytes uniquely and
@@ -468,6 +607,11 @@ impl Broker {
         ctx.encode(&resp)
     }
 
+    /// Wakes long-polling fetches after data arrived other than through Produce.
+    pub fn notify_appended(&self) {
+        self.appended.send_modify(|v| *v += 1);
+    }
+
     /// Marks the broker as stopping: long polls return early.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
@@ -534,8 +678,21 @@ impl Broker {
                         st.first_unflushed_ms = -1;
                         p.dirty.store(false, Ordering::Release);
                     }
+                    let hw_moved = match &mut st.role {
+                        Role::Leader(l) => l.on_leader_flushed(upto),
+                        Role::Follower(f) => {
+                            f.on_flushed(upto);
+                            false
+                        }
+                        _ => false,
+                    };
+                    let hw = st.high_watermark();
                     drop(st);
                     p.durable.send_modify(|d| *d = (*d).max(upto));
+                    if hw_moved {
+                        p.publish_hw(hw);
+                        self.appended.send_modify(|v| *v += 1);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(topic = %p.topic, partition = p.index, error = %e,

@@ -73,18 +73,21 @@ pub enum ControllerNodeError {
 impl ControllerNode {
     /// Opens the quorum under `<log.dir>/__cluster_metadata`, binds the controller listener and
     /// starts the tick, peer and accept tasks.
-    pub async fn start(config: Arc<BrokerConfig>, disk: Arc<dyn Disk>) -> Result<Arc<ControllerNode>, ControllerNodeError> {
+    pub async fn start(
+        config: Arc<BrokerConfig>,
+        disk: Arc<dyn Disk>,
+    ) -> Result<Arc<ControllerNode>, ControllerNodeError> {
         let voters = config.controller_quorum_voters();
         let me = config.node_id() as u64;
         let dir = std::path::PathBuf::from(config.log_dir()).join("__cluster_metadata");
         let seed = rand::random::<u64>() ^ me;
-        let quorum =
-            ControllerQuorum::open(me, voters.iter().map(|v| v.id as u64).collect(), disk, &dir, seed)?;
+        let quorum = ControllerQuorum::open(me, voters.iter().map(|v| v.id as u64).collect(), disk, &dir, seed)?;
         let applied = watch::channel(quorum.applied_index()).0;
         let listener_cfg = config.controller_listener().expect("checked at config load");
         let addr = format!("{}:{}", listener_cfg.host, listener_cfg.port);
-        let listener =
-            TcpListener::bind(&addr).await.map_err(|source| ControllerNodeError::Bind { addr: addr.clone(), source })?;
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ControllerNodeError::Bind { addr: addr.clone(), source })?;
         let mut peers = BTreeMap::new();
         let mut peer_tasks = Vec::new();
         for v in voters.iter().filter(|v| v.id as u64 != me) {
@@ -131,7 +134,11 @@ impl ControllerNode {
             }
             if inner.quorum.is_leader() {
                 if inner.active.is_none() {
-                    tracing::info!(node_id = inner.quorum.node_id(), term = inner.quorum.term(), "became active controller");
+                    tracing::info!(
+                        node_id = inner.quorum.node_id(),
+                        term = inner.quorum.term(),
+                        "became active controller"
+                    );
                     let mut a = ActiveController::new(inner.seed ^ inner.quorum.term());
                     a.unclean_leader_election_default = self.config.bool_value("unclean.leader.election.enable");
                     inner.active = Some(a);
@@ -312,11 +319,17 @@ impl ControllerNode {
                 let inner = self.inner.lock().unwrap();
                 let image = inner.quorum.image();
                 let fenced = image.brokers.get(&broker_id).is_none_or(|b| b.fenced);
-                let leads_any =
-                    image.topics.values().any(|t| t.partitions.values().any(|p| p.leader == broker_id));
+                let leads_any = image.topics.values().any(|t| t.partitions.values().any(|p| p.leader == broker_id));
                 ControllerResponse::Heartbeat { fenced, shutdown_ok: want_shutdown && !leads_any }
             }
-            ControllerRequest::AlterPartition { broker_id, topic_id, partition, leader_epoch, partition_epoch, new_isr } => {
+            ControllerRequest::AlterPartition {
+                broker_id,
+                topic_id,
+                partition,
+                leader_epoch,
+                partition_epoch,
+                new_isr,
+            } => {
                 {
                     let mut guard = self.inner.lock().unwrap();
                     let inner = &mut *guard;
@@ -338,7 +351,9 @@ impl ControllerNode {
                     }
                 }
                 let committed = self
-                    .wait_for(|img| img.partition(&topic_id, partition).is_none_or(|p| p.partition_epoch > partition_epoch))
+                    .wait_for(|img| {
+                        img.partition(&topic_id, partition).is_none_or(|p| p.partition_epoch > partition_epoch)
+                    })
                     .await;
                 if committed {
                     done(errors::NONE, String::new())
@@ -353,8 +368,11 @@ impl ControllerNode {
                     }
                 }
                 let partitions = if partitions == -1 { self.config.num_partitions() } else { partitions };
-                let rf =
-                    if replication_factor == -1 { self.config.default_replication_factor() } else { replication_factor };
+                let rf = if replication_factor == -1 {
+                    self.config.default_replication_factor()
+                } else {
+                    replication_factor
+                };
                 {
                     let mut guard = self.inner.lock().unwrap();
                     let inner = &mut *guard;

@@ -5,6 +5,7 @@
 //! decisions) and `replication` (leader/follower partition state). This module owns their
 //! sockets and timers.
 
+pub mod agent;
 pub mod controller;
 pub mod rpc;
 pub mod transport;

@@ -954,6 +954,7 @@ fn storage_faults_never_lose_committed_records() {
     // lost, and once faults stop the three images converge.
     let config =
         SimDiskConfig { fsync_eio_per_mille: 20, enospc_per_mille: 10, tear_per_mille: 500, bitflip_per_mille: 200 };
+    let mut faulty_seeds = 0;
     for seed in 0..seeds(16) {
         let mut h = Harness::with_sim_disks(1000 + seed, config);
         let mut next = 0;
@@ -984,6 +985,7 @@ fn storage_faults_never_lose_committed_records() {
             h.max_committed_pid,
             image.next_producer_id
         );
-        assert!(h.trace.iter().any(|t| t.contains("failed")), "seed {seed}: faults were expected");
+        faulty_seeds += h.trace.iter().any(|t| t.contains("failed")) as u64;
     }
+    assert!(faulty_seeds * 2 > seeds(16), "most seeds should have hit a storage fault ({faulty_seeds})");
 }

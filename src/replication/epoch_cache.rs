@@ -461,6 +461,63 @@ mod tests {
         }
     }
 
+    /// A MemDisk whose renames fail once `fail` is set.
+    struct FailingDisk {
+        inner: MemDisk,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Disk for FailingDisk {
+        fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn crate::runtime::File>> {
+            self.inner.open(path, create)
+        }
+        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            self.inner.create_dir_all(path)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            self.inner.list(dir)
+        }
+        fn exists(&self, path: &Path) -> bool {
+            self.inner.exists(path)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            self.inner.remove_file(path)
+        }
+        fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+            self.inner.remove_dir_all(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(io::Error::other("injected rename failure"));
+            }
+            self.inner.rename(from, to)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            self.inner.sync_dir(dir)
+        }
+    }
+
+    // Proves a failed checkpoint write poisons the cache: memory keeps the last durable state,
+    // every later change is refused, and reopening shows the last durable state.
+    #[test]
+    fn failed_write_poisons() {
+        let mem = MemDisk::new();
+        let disk = Arc::new(FailingDisk { inner: mem.clone(), fail: false.into() });
+        disk.create_dir_all(Path::new("/p0")).unwrap();
+        let (mut c, _) = LeaderEpochCache::open(disk.clone(), PathBuf::from("/p0")).unwrap();
+        c.assign(1, 0).unwrap();
+        disk.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(c.assign(2, 10), Err(ReplicationError::Io { .. })));
+        assert!(c.is_poisoned());
+        assert_eq!(c.latest_epoch(), Some(1), "memory keeps the durable state");
+        disk.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(c.assign(2, 10), Err(ReplicationError::Poisoned)));
+        assert!(matches!(c.truncate_from_end(0), Err(ReplicationError::Poisoned)));
+        let (again, corrupt) = reopen(&mem);
+        assert!(corrupt.is_none());
+        assert_eq!(again.entries(), vec![EpochEntry { epoch: 1, start_offset: 0 }]);
+    }
+
     // Proves the parser never panics and never accepts non-monotonic content, on random bytes
     // and on mutations of a valid file.
     #[test]

@@ -314,7 +314,9 @@ impl LeaderState {
             Some(e) if e > self.leader_epoch => return Err(FetchRejection::UnknownLeaderEpoch),
             _ => {}
         }
-        self.on_leader_append(leader_log_end_offset);
+        // Lenient (max) rather than asserting: a shell may read the log end offset a moment
+        // before an append it reports separately.
+        self.log_end_offset = self.log_end_offset.max(leader_log_end_offset);
         let leo = self.log_end_offset;
         if let Some(last_epoch) = fetch.last_fetched_epoch.filter(|&e| e >= 0) {
             // Kafka's check (Partition.readRecords): the follower's last epoch must exist here

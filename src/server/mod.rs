@@ -28,6 +28,9 @@ pub enum ServerError {
     /// The broker could not open its data.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The controller could not start.
+    #[error(transparent)]
+    Controller(#[from] crate::cluster::controller::ControllerNodeError),
     /// The listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -42,17 +45,27 @@ pub enum ServerError {
 pub struct Server {
     broker: Arc<Broker>,
     listener: TcpListener,
+    controller: Option<Arc<crate::cluster::controller::ControllerNode>>,
 }
 
 impl Server {
     /// Recovers the data directory and binds the client listener.
     pub async fn bind(config: Arc<BrokerConfig>, disk: Arc<dyn Disk>) -> Result<Server, ServerError> {
+        let (_, is_controller) = config.process_roles();
+        let controller = if config.is_cluster_mode() && is_controller {
+            Some(crate::cluster::controller::ControllerNode::start(config.clone(), disk.clone()).await?)
+        } else {
+            None
+        };
         let broker = Broker::open(config.clone(), disk)?;
         let l = config.client_listener();
         let addr = format!("{}:{}", l.host, l.port);
         let listener =
             TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
-        Ok(Server { broker, listener })
+        if broker.cluster().is_some() {
+            crate::cluster::agent::start(broker.clone());
+        }
+        Ok(Server { broker, listener, controller })
     }
 
     /// The local address the listener is bound to.
@@ -67,7 +80,7 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting, flushes and closes every log.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { broker, listener } = self;
+        let Server { broker, listener, controller } = self;
         let config = broker.config().clone();
         let max_request = config.socket_request_max_bytes();
         let slots = Arc::new(Semaphore::new(config.max_connections()));
@@ -123,8 +136,12 @@ impl Server {
                 }
             }
         }
+        if broker.cluster().is_some() {
+            crate::cluster::agent::controlled_shutdown(&broker).await;
+        }
         tracing::info!("shutting down: flushing logs");
         broker.begin_shutdown();
+        drop(controller);
         flusher.abort();
         retention.abort();
         group_timer.abort();
