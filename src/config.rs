@@ -170,7 +170,7 @@ const BROKER_KEYS: &[(&str, &str, Kind, &str)] = &[
         Kind::Int { min: 50, max: I64MAX },
         "Raft election timeout of the controller quorum",
     ),
-    ("controller.quorum.tick.ms", "50", Kind::Int { min: 1, max: 10_000 }, "Raft tick of the controller quorum"),
+    ("controller.quorum.tick.ms", "30", Kind::Int { min: 1, max: 10_000 }, "Raft tick of the controller quorum"),
     (
         "leader.imbalance.check.interval.seconds",
         "300",

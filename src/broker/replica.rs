@@ -55,6 +55,11 @@ impl Broker {
         let me = self.config.node_id();
         let now = runtime::now_ms();
         let _guard = self.admin_lock.lock().unwrap();
+        let current = cluster.applied_index.load(Ordering::Acquire);
+        if applied_index < current {
+            tracing::warn!(applied_index, current, "ignoring an older metadata image");
+            return;
+        }
         let old = self.topics.read().unwrap().clone();
         let mut next: BTreeMap<String, Arc<Topic>> = BTreeMap::new();
         for t in image.topics.values() {

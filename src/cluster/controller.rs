@@ -35,8 +35,11 @@ pub const PEER_QUEUE_MAX: usize = 1024;
 pub const METADATA_WAIT_MS_MAX: u32 = 5_000;
 /// How long an admin request waits for its records to commit.
 pub const ADMIN_COMMIT_TIMEOUT_MS: u64 = 10_000;
+/// How long a newly elected controller waits for heartbeats from brokers it has not heard from
+/// before fencing them (at least three heartbeat intervals).
+pub const NEW_CONTROLLER_GRACE_MS: i64 = 450;
 /// How often the leader checks broker sessions.
-pub const SESSION_CHECK_INTERVAL_MS: i64 = 100;
+pub const SESSION_CHECK_INTERVAL_MS: i64 = 50;
 
 struct Inner {
     quorum: ControllerQuorum,
@@ -141,8 +144,20 @@ impl ControllerNode {
                     );
                     let mut a = ActiveController::new(inner.seed ^ inner.quorum.term());
                     a.unclean_leader_election_default = self.config.bool_value("unclean.leader.election.enable");
+                    // A new active controller has no heartbeat history. Rather than granting every
+                    // broker a whole session timeout (which would delay fencing a broker that died
+                    // with the old controller), back-date their sessions so that live brokers,
+                    // which heartbeat every few hundred ms, have NEW_CONTROLLER_GRACE_MS to reach us.
+                    let now = runtime::now_ms();
+                    let timeout = self.config.int_value("broker.session.timeout.ms");
+                    let grace = NEW_CONTROLLER_GRACE_MS.max(3 * self.config.int_value("broker.heartbeat.interval.ms"));
+                    let seen = now - timeout + grace.min(timeout);
+                    let image = inner.quorum.image();
+                    for b in image.brokers.values().filter(|b| !b.fenced) {
+                        let _ = a.on_heartbeat(image, b.broker_id, b.incarnation, seen);
+                    }
                     inner.active = Some(a);
-                    inner.last_session_check_ms = runtime::now_ms();
+                    inner.last_session_check_ms = now;
                 }
             } else {
                 inner.active = None;
@@ -205,8 +220,43 @@ impl ControllerNode {
     async fn serve(self: Arc<Self>, stream: TcpStream) -> Result<(), super::transport::TransportError> {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = tokio::io::split(stream);
-        while let Some(body) = read_frame(&mut rd).await? {
+        let mut heartbeating: Option<(i32, u64)> = None;
+        let result = self.serve_frames(&mut rd, &mut wr, &mut heartbeating).await;
+        if let Some((broker_id, incarnation)) = heartbeating {
+            self.on_broker_disconnect(broker_id, incarnation);
+        }
+        result
+    }
+
+    /// A broker's heartbeat connection to the active controller closed. A live broker keeps
+    /// that connection open, so this usually means its process died (the kernel closes the
+    /// sockets of a killed process at once): expire its session now so the next session check
+    /// fences it, instead of waiting out `broker.session.timeout.ms`. A live broker that merely
+    /// reconnected heartbeats again within milliseconds and is unfenced.
+    fn on_broker_disconnect(&self, broker_id: i32, incarnation: u64) {
+        let mut guard = self.inner.lock().unwrap();
+        let inner = &mut *guard;
+        let Inner { quorum, active, .. } = inner;
+        let Some(active) = active.as_mut() else { return };
+        let image = quorum.image();
+        if image.brokers.get(&broker_id).is_some_and(|b| b.incarnation == incarnation && !b.fenced) {
+            let timeout = self.config.int_value("broker.session.timeout.ms");
+            let _ = active.on_heartbeat(image, broker_id, incarnation, runtime::now_ms() - timeout - 1);
+            tracing::info!(broker_id, "broker's controller connection closed; expiring its session");
+        }
+    }
+
+    async fn serve_frames(
+        &self,
+        rd: &mut tokio::io::ReadHalf<TcpStream>,
+        wr: &mut tokio::io::WriteHalf<TcpStream>,
+        heartbeating: &mut Option<(i32, u64)>,
+    ) -> Result<(), super::transport::TransportError> {
+        while let Some(body) = read_frame(rd).await? {
             let (cid, req) = ControllerRequest::decode(body)?;
+            if let ControllerRequest::Heartbeat { broker_id, incarnation, want_shutdown: false, .. } = &req {
+                *heartbeating = Some((*broker_id, *incarnation));
+            }
             if let ControllerRequest::Raft { message } = req {
                 match decode_message(&message) {
                     Ok(msg) => {
@@ -221,7 +271,10 @@ impl ControllerNode {
                 continue;
             }
             let resp = self.handle(req).await;
-            write_frame(&mut wr, &resp.encode(cid)).await?;
+            if matches!(resp, ControllerResponse::NotController { .. }) {
+                *heartbeating = None;
+            }
+            write_frame(wr, &resp.encode(cid)).await?;
         }
         Ok(())
     }
@@ -264,6 +317,15 @@ impl ControllerNode {
         match req {
             ControllerRequest::Raft { .. } => unreachable!("handled in serve"),
             ControllerRequest::FetchMetadata { from_index, max_wait_ms } => {
+                // Only the active controller serves metadata: a controller that just restarted
+                // replays an old committed prefix, and a broker must never act on a stale image
+                // (it could believe it still leads a partition).
+                {
+                    let inner = self.inner.lock().unwrap();
+                    if inner.active.is_none() {
+                        return Self::not_controller(&inner);
+                    }
+                }
                 let mut rx = self.applied.subscribe();
                 let wait = Duration::from_millis(max_wait_ms.min(METADATA_WAIT_MS_MAX) as u64);
                 if *rx.borrow_and_update() <= from_index {

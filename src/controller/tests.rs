@@ -964,7 +964,7 @@ fn storage_faults_never_lose_committed_records() {
                 let _ = h.node(l).propose(&pid(next));
             }
             h.tick();
-            if h.rand() % 10 == 0 {
+            if h.rand().is_multiple_of(10) {
                 let victim = VOTERS[(h.rand() % 3) as usize];
                 if h.nodes[&victim].is_some() {
                     h.crash(victim);
