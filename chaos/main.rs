@@ -4,6 +4,7 @@
 //! Not built under madsim (these need real processes and sockets).
 #![cfg(not(madsim))]
 
+mod cluster;
 mod crash;
 mod kcat;
 mod support;

@@ -30,9 +30,14 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts a broker on a free port with a fresh data directory.
     pub fn start(dir: &Path, extra: &[&str]) -> BrokerProcess {
+        Self::start_on(dir, free_port(), extra)
+    }
+
+    /// Starts a broker whose client listener is on `port` (the overrides may set `listeners`).
+    pub fn start_on(dir: &Path, port: u16, extra: &[&str]) -> BrokerProcess {
         let mut b = BrokerProcess {
             child: None,
-            port: free_port(),
+            port,
             data: dir.join("data"),
             log: dir.join("broker.log"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -51,11 +56,10 @@ impl BrokerProcess {
         assert!(self.child.is_none(), "broker already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut cmd = Command::new(runnel_bin());
-        cmd.arg("broker")
-            .arg("--override")
-            .arg(format!("listeners=PLAINTEXT://127.0.0.1:{}", self.port))
-            .arg("--override")
-            .arg(format!("log.dirs={}", self.data.display()));
+        cmd.arg("broker").arg("--override").arg(format!("log.dirs={}", self.data.display()));
+        if !self.extra.iter().any(|e| e.starts_with("listeners=")) {
+            cmd.arg("--override").arg(format!("listeners=PLAINTEXT://127.0.0.1:{}", self.port));
+        }
         for e in &self.extra {
             cmd.arg("--override").arg(e);
         }

@@ -18,3 +18,4 @@ pub mod protocol;
 pub mod replication;
 pub mod runtime;
 pub mod server;
+pub mod txn;
