@@ -159,9 +159,28 @@ fn sync_response(r: SyncResult, version: i16) -> SyncGroupResponse {
 
 impl Broker {
     /// FindCoordinator: this node coordinates every group; transactions are not implemented.
-    pub(super) fn find_coordinator(self: &Arc<Self>, req: FindCoordinatorRequest, ctx: &RequestContext) -> Bytes {
+    /// The broker that coordinates `key` (a group id): this node on a single node; in cluster
+    /// mode a deterministic choice among registered brokers (hash of the key), moving to the
+    /// next live broker while the chosen one is fenced, so every broker answers alike.
+    pub(super) fn coordinator_for(&self, key: &str) -> (i32, String, u16) {
         let listener = self.config().advertised_listener();
-        let node_id = self.config().node_id();
+        let me = (self.config().node_id(), listener.host, listener.port);
+        let Some(img) = self.image() else { return me };
+        let brokers: Vec<_> = img.brokers.values().collect();
+        if brokers.is_empty() {
+            return me;
+        }
+        let start = (crate::client::murmur2(key.as_bytes()) & 0x7fff_ffff) as usize % brokers.len();
+        for i in 0..brokers.len() {
+            let b = brokers[(start + i) % brokers.len()];
+            if !b.fenced {
+                return (b.broker_id, b.host.clone(), b.port);
+            }
+        }
+        me
+    }
+
+    pub(super) fn find_coordinator(self: &Arc<Self>, req: FindCoordinatorRequest, ctx: &RequestContext) -> Bytes {
         let answer = |key_type: i8| -> (i16, Option<&'static str>) {
             match key_type {
                 0 => (errors::NONE, None),
@@ -177,13 +196,14 @@ impl Broker {
                 .map(|key| {
                     let (code, msg) = answer(req.key_type);
                     let mut c = find_coordinator_response::Coordinator::default();
-                    c.key = key;
+                    c.key = key.clone();
                     c.error_code = code;
                     c.error_message = msg.map(sb);
                     if code == errors::NONE {
+                        let (node_id, host, port) = self.coordinator_for(key.as_str());
                         c.node_id = node_id.into();
-                        c.host = sb(listener.host.clone());
-                        c.port = listener.port as i32;
+                        c.host = sb(host);
+                        c.port = port as i32;
                     } else {
                         c.node_id = (-1).into();
                         c.port = -1;
@@ -198,9 +218,10 @@ impl Broker {
                 resp.error_message = msg.map(sb);
             }
             if code == errors::NONE {
+                let (node_id, host, port) = self.coordinator_for(req.key.as_str());
                 resp.node_id = node_id.into();
-                resp.host = sb(listener.host.clone());
-                resp.port = listener.port as i32;
+                resp.host = sb(host);
+                resp.port = port as i32;
             } else {
                 resp.node_id = (-1).into();
                 resp.port = -1;
