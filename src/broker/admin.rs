@@ -94,7 +94,7 @@ impl Broker {
                 self.open_partition(name, i, &tc, now).map_err(|e| cerr(errors::KAFKA_STORAGE_ERROR, e.to_string()))?;
             parts.insert(i, p);
         }
-        let id = Uuid::from_u128(rand::random::<u128>() | 1);
+        let id = Uuid::from_u128(runtime::random_u128() | 1);
         let topic =
             Arc::new(Topic { name: name.into(), id, config: tc, partition_count: partitions, partitions: parts });
         let mut next = self.topics.read().unwrap().clone();

@@ -83,7 +83,7 @@ impl Groups {
             session_timeout_min_ms: min,
             session_timeout_max_ms: max.max(min),
         };
-        let core = GroupCoordinator::new(core_config, rand::random());
+        let core = GroupCoordinator::new(core_config, crate::runtime::random_u64());
         Ok(Groups { inner: Mutex::new(Inner { core, waiters: HashMap::new(), offsets }) })
     }
 

@@ -261,7 +261,7 @@ impl Broker {
                 image: RwLock::new(Arc::new(crate::controller::MetadataImage::new())),
                 applied_index: std::sync::atomic::AtomicU64::new(0),
                 image_changed: watch::channel(0).0,
-                incarnation: rand::random::<u64>() | 1,
+                incarnation: runtime::random_u64() | 1,
                 controller: tokio::sync::Mutex::new(crate::cluster::transport::ControllerClient::new(
                     config.controller_quorum_voters(),
                     std::time::Duration::from_millis(3000),
@@ -322,7 +322,7 @@ impl Broker {
                 let b = crc32c::crc32c_append(0x5a5a_5a5a, voters.as_bytes()) as u128;
                 base64_url(&((a << 96) | (b << 64) | (a << 32) | b).to_be_bytes())
             } else {
-                base64_url(Uuid::from_u128(rand::random::<u128>()).as_bytes())
+                base64_url(Uuid::from_u128(runtime::random_u128()).as_bytes())
             }
         });
         let text = format!("version=1\ncluster.id={id}\nnode.id={}\n", config.node_id());

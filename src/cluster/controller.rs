@@ -43,6 +43,9 @@ pub const SESSION_CHECK_INTERVAL_MS: i64 = 50;
 
 struct Inner {
     quorum: ControllerQuorum,
+    /// Set when the quorum failed (storage): the next tick reopens it from disk.
+    failed: bool,
+    last_preferred_election_ms: i64,
     active: Option<ActiveController>,
     image_cache: Option<(u64, Bytes)>,
     last_session_check_ms: i64,
@@ -52,6 +55,8 @@ struct Inner {
 /// A running controller.
 pub struct ControllerNode {
     config: Arc<BrokerConfig>,
+    disk: Arc<dyn Disk>,
+    dir: std::path::PathBuf,
     inner: Mutex<Inner>,
     applied: watch::Sender<u64>,
     peers: BTreeMap<u64, mpsc::Sender<Bytes>>,
@@ -83,8 +88,8 @@ impl ControllerNode {
         let voters = config.controller_quorum_voters();
         let me = config.node_id() as u64;
         let dir = std::path::PathBuf::from(config.log_dir()).join("__cluster_metadata");
-        let seed = rand::random::<u64>() ^ me;
-        let quorum = ControllerQuorum::open(me, voters.iter().map(|v| v.id as u64).collect(), disk, &dir, seed)?;
+        let seed = runtime::random_u64() ^ me;
+        let quorum = ControllerQuorum::open(me, voters.iter().map(|v| v.id as u64).collect(), disk.clone(), &dir, seed)?;
         let applied = watch::channel(quorum.applied_index()).0;
         let listener_cfg = config.controller_listener().expect("checked at config load");
         let addr = format!("{}:{}", listener_cfg.host, listener_cfg.port);
@@ -100,7 +105,17 @@ impl ControllerNode {
         }
         let node = Arc::new(ControllerNode {
             config: config.clone(),
-            inner: Mutex::new(Inner { quorum, active: None, image_cache: None, last_session_check_ms: 0, seed }),
+            disk,
+            dir,
+            inner: Mutex::new(Inner {
+                quorum,
+                failed: false,
+                last_preferred_election_ms: 0,
+                active: None,
+                image_cache: None,
+                last_session_check_ms: 0,
+                seed,
+            }),
             applied,
             peers,
         });
@@ -119,10 +134,17 @@ impl ControllerNode {
     /// creates or drops the active-controller state on leadership changes.
     fn drive(&self, inner: &mut Inner) {
         for _ in 0..crate::controller::quorum::READY_ROUNDS_MAX {
+            if inner.failed {
+                return;
+            }
             let ready = match inner.quorum.ready() {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, "controller quorum failed; this controller stops participating");
+                    // Never carry on after a storage failure: the next tick reopens the quorum
+                    // from what is durable on disk.
+                    tracing::error!(error = %e, "controller quorum failed; reopening it from disk");
+                    inner.failed = true;
+                    inner.active = None;
                     return;
                 }
             };
@@ -158,6 +180,7 @@ impl ControllerNode {
                     }
                     inner.active = Some(a);
                     inner.last_session_check_ms = now;
+                    inner.last_preferred_election_ms = now;
                 }
             } else {
                 inner.active = None;
@@ -178,9 +201,39 @@ impl ControllerNode {
         loop {
             tokio::time::sleep(tick).await;
             let mut inner = self.inner.lock().unwrap();
+            if inner.failed {
+                let voters = self.config.controller_quorum_voters().iter().map(|v| v.id as u64).collect();
+                let me = self.config.node_id() as u64;
+                match ControllerQuorum::open(me, voters, self.disk.clone(), &self.dir, inner.seed.wrapping_add(1)) {
+                    Ok(q) => {
+                        inner.quorum = q;
+                        inner.failed = false;
+                        tracing::info!("controller quorum reopened from disk");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reopening the controller quorum failed; retrying");
+                        continue;
+                    }
+                }
+            }
             inner.quorum.tick();
             self.drive(&mut inner);
             let now = runtime::now_ms();
+            let rebalance_ms = self.config.int_value("leader.imbalance.check.interval.seconds").saturating_mul(1000);
+            if inner.quorum.is_leader()
+                && self.config.bool_value("auto.leader.rebalance.enable")
+                && now - inner.last_preferred_election_ms >= rebalance_ms
+            {
+                inner.last_preferred_election_ms = now;
+                let Inner { quorum, active, .. } = &mut *inner;
+                if let Some(a) = active.as_ref() {
+                    for r in a.preferred_leader_election(quorum.image()) {
+                        tracing::info!(record = ?r, "controller: preferred leader election");
+                        let _ = quorum.propose(&r);
+                    }
+                }
+                self.drive(&mut inner);
+            }
             if inner.quorum.is_leader() && now - inner.last_session_check_ms >= SESSION_CHECK_INTERVAL_MS {
                 inner.last_session_check_ms = now;
                 let Inner { quorum, active, .. } = &mut *inner;

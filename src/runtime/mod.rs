@@ -57,3 +57,22 @@ pub async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// A random u64 for ids and seeds. Under madsim it comes from the simulator's RNG (so a seed
+/// replays exactly, even when several seeds run in one process); in production from the
+/// operating system via rand's thread RNG.
+pub fn random_u64() -> u64 {
+    #[cfg(madsim)]
+    {
+        madsim::rand::random::<u64>()
+    }
+    #[cfg(not(madsim))]
+    {
+        rand::random::<u64>()
+    }
+}
+
+/// A random u128 (see [`random_u64`]).
+pub fn random_u128() -> u128 {
+    ((random_u64() as u128) << 64) | random_u64() as u128
+}
