@@ -11,8 +11,7 @@ use runnel::client::{Client, Compression, ProduceRecord};
 use crate::support::{free_port, rt, temp_dir, BrokerProcess};
 
 fn cluster_overrides(id: i32, ports: &[(u16, u16)]) -> Vec<String> {
-    let voters: Vec<String> =
-        ports.iter().enumerate().map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1)).collect();
+    let voters: Vec<String> = ports.iter().enumerate().map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1)).collect();
     let (b, c) = ports[(id - 1) as usize];
     vec![
         format!("node.id={id}"),

@@ -45,7 +45,7 @@ MADSIM_TEST_NUM=${MADSIM_TEST_NUM:-20} cargo simtest --release --test sim
 
 if [[ -z ${SKIP_ACCEPTANCE:-} && -n $PY ]]; then
   step "acceptance checks with real clients"
-  scripts/acceptance.sh "$PY" basics,badinput,keys,groups,idempotent_producer
+  scripts/acceptance.sh "$PY" basics,badinput,keys,groups,eos
 
   step "failover with real clients: 3-node cluster, SIGKILL of the partition leader"
   scripts/failover.sh "$PY"

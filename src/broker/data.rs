@@ -85,7 +85,7 @@ impl Broker {
         let now = runtime::now_ms();
         let mut topics_out: Vec<(StrBytes, Vec<PartitionOutcome>)> = Vec::new();
         let mut appended_any = false;
-        let transactional = req.transactional_id.as_ref().is_some_and(|t| !t.is_empty());
+        let transactional_id = req.transactional_id.as_ref().map(|t| t.0.to_string()).filter(|t| !t.is_empty());
         let timeout_ms = req.timeout_ms.clamp(1, 300_000) as u64;
         // Take the records out and drop everything else in the request first: the last
         // reference to the frame's buffer then lets `append` patch offsets without a copy.
@@ -119,7 +119,14 @@ impl Broker {
                             PartitionOutcome::error(pd.index, errors::UNKNOWN_TOPIC_OR_PARTITION, "unknown partition")
                         }
                         Some(p) => {
-                            let out = self.append(t, p, pd.records.unwrap_or_default(), acks, now, transactional);
+                            let out = self.append(
+                                t,
+                                p,
+                                pd.records.unwrap_or_default(),
+                                acks,
+                                now,
+                                transactional_id.as_deref(),
+                            );
                             appended_any |= out.error_code == errors::NONE;
                             let mut out = PartitionOutcome { index: pd.index, ..out };
                             if out.error_code == errors::NONE && acks == 0 {
@@ -184,7 +191,7 @@ impl Broker {
         records: Bytes,
         acks: i16,
         now: i64,
-        transactional: bool,
+        transactional_id: Option<&str>,
     ) -> PartitionOutcome {
         let tc = &topic.config;
         let opts = ValidateOptions {
@@ -199,13 +206,6 @@ impl Broker {
             Ok(h) => h,
             Err(e) => return PartitionOutcome::error(p.index, e.code, e.message),
         };
-        if transactional || headers.iter().any(|h| h.is_transactional()) {
-            return PartitionOutcome::error(
-                p.index,
-                errors::INVALID_RECORD,
-                "transactions are not supported by this broker yet",
-            );
-        }
         if p.poisoned.load(Ordering::Acquire) {
             return PartitionOutcome::error(
                 p.index,
@@ -233,6 +233,9 @@ impl Broker {
                     ),
                 );
             }
+        }
+        if let Err((code, msg)) = self.txn_check_produce(&p.topic, p.index, transactional_id, &headers) {
+            return PartitionOutcome::error(p.index, code, msg);
         }
         // Idempotence: one producer id per request in practice; check every batch first.
         let idem = headers.first().filter(|h| h.producer_id >= 0).map(|h| {
@@ -287,6 +290,7 @@ impl Broker {
         if let Some((pid, epoch, first, last)) = idem {
             st.producers.record(pid, epoch, first, last, info.base_offset);
         }
+        super::txn::txn_on_append(&mut st, &headers, info.base_offset);
         let leo = st.log.log_end_offset();
         if let Role::Leader(l) = &mut st.role {
             l.on_leader_append(leo);
@@ -476,7 +480,17 @@ impl Broker {
                             pd.high_watermark = st.high_watermark();
                             pd.high_watermark
                         };
-                        pd.last_stable_offset = pd.high_watermark;
+                        let (lso, upto) = if replica_id >= 0 {
+                            (pd.high_watermark, upto)
+                        } else {
+                            let (lso, read_upto, aborted) =
+                                super::txn::txn_fetch_view(&st, fp.fetch_offset, pd.high_watermark, read_committed);
+                            if read_committed {
+                                pd.aborted_transactions = aborted;
+                            }
+                            (lso, read_upto)
+                        };
+                        pd.last_stable_offset = lso;
                         match st.log.read(fp.fetch_offset, budget, upto, min_one) {
                             Ok(r) => {
                                 total += r.records.len();
@@ -527,7 +541,9 @@ impl Broker {
                             pr.leader_epoch = epoch;
                         }
                         match lp.timestamp {
-                            -1 => pr.offset = st.high_watermark(),
+                            -1 => {
+                                pr.offset = super::txn::txn_latest_offset(&st, st.high_watermark(), req.isolation_level)
+                            }
                             -2 | -4 => pr.offset = st.log.log_start_offset(),
                             -3 => {
                                 if let Some((ts, off)) = st.log.max_timestamp() {

@@ -95,6 +95,27 @@ impl Groups {
         g.core.next_deadline()
     }
 
+    /// Applies offsets a transaction committed (EndTxn with commit) durably: append, then
+    /// fsync (a failure poisons the store). Called off the async workers.
+    pub(super) fn commit_txn_offsets(
+        &self,
+        group: &str,
+        commits: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), crate::group::OffsetStoreError> {
+        self.inner.lock().unwrap().offsets.commit(group, commits)
+    }
+
+    /// TxnOffsetCommit v3+ (KIP-447) membership check, the same as OffsetCommit's.
+    pub(super) fn validate_txn_offset_commit(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation_id: i32,
+        now_ms: i64,
+    ) -> i16 {
+        self.inner.lock().unwrap().core.validate_commit(group, member_id, generation_id, now_ms)
+    }
+
     /// Drops every waiter (their requests answer COORDINATOR_NOT_AVAILABLE); used at shutdown.
     pub fn fail_pending(&self) {
         self.inner.lock().unwrap().waiters.clear();
@@ -181,10 +202,13 @@ impl Broker {
     }
 
     pub(super) fn find_coordinator(self: &Arc<Self>, req: FindCoordinatorRequest, ctx: &RequestContext) -> Bytes {
+        let standalone = self.cluster.is_none();
         let answer = |key_type: i8| -> (i16, Option<&'static str>) {
             match key_type {
                 0 => (errors::NONE, None),
-                1 => (errors::COORDINATOR_NOT_AVAILABLE, Some("transactions are not supported")),
+                // The transaction coordinator's state and markers are local to one node.
+                1 if standalone => (errors::NONE, None),
+                1 => (errors::COORDINATOR_NOT_AVAILABLE, Some("transactions are served only in standalone mode")),
                 _ => (errors::INVALID_REQUEST, Some("unknown key type")),
             }
         };
@@ -744,7 +768,7 @@ mod tests {
         fc.key_type = 1;
         fc.coordinator_keys = vec![sb("txn")];
         let r: FindCoordinatorResponse = call(&b, ApiKey::FindCoordinator, 4, &fc).await;
-        assert_eq!(r.coordinators[0].error_code, errors::COORDINATOR_NOT_AVAILABLE);
+        assert_eq!((r.coordinators[0].error_code, r.coordinators[0].node_id.0), (errors::NONE, 7));
 
         let r: JoinGroupResponse = call(&b, ApiKey::JoinGroup, 5, &join_request("")).await;
         assert_eq!(r.error_code, errors::MEMBER_ID_REQUIRED);

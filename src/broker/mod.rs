@@ -22,6 +22,7 @@ mod replica;
 pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
+mod txn;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -46,6 +47,7 @@ pub use data::SINGLE_NODE_LEADER_EPOCH;
 pub use group::run_group_timer;
 pub use producer_state::{ProducerState, SequenceCheck};
 pub use replica::ClusterState;
+pub use txn::run_txn_timer;
 
 /// Errors that stop the broker from starting or from persisting metadata.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +108,8 @@ pub struct PartitionState {
     pub role: Role,
     /// The leader epoch cache (cluster mode only).
     pub epochs: Option<LeaderEpochCache>,
+    /// Open and aborted transactions in this partition (last stable offset, aborted index).
+    pub txn: crate::txn::PartitionTxnState,
 }
 
 /// A partition replica's role.
@@ -205,6 +209,8 @@ pub struct Broker {
     next_producer_id: AtomicI64,
     shutting_down: AtomicBool,
     groups: group::Groups,
+    /// The transaction coordinator (standalone mode).
+    txns: txn::Txns,
     /// Cluster-mode state (`None` on a standalone node).
     cluster: Option<ClusterState>,
     /// Memory held by fetch responses not yet written, in KiB permits.
@@ -252,11 +258,13 @@ impl Broker {
             flush_wanted: Notify::new(),
             // Producer ids: node id in the top bits, so brokers of a cluster never collide;
             // start time below, so a restarted broker does not reuse its old ids.
+            // (bit 61 set keeps them clear of the transaction coordinator's blocks from 2^52).
             next_producer_id: AtomicI64::new(
-                ((config.node_id() as i64 & 0x3FF) << 52) | ((now & 0xFF_FFFF_FFFF) << 10),
+                (1 << 61) | ((config.node_id() as i64 & 0x3FF) << 50) | ((now & 0xFF_FFFF_FFFF) << 10),
             ),
             shutting_down: AtomicBool::new(false),
             groups: group::Groups::open(&config, disk.clone(), &data_dir)?,
+            txns: txn::Txns::open(disk.clone(), &data_dir, now)?,
             cluster: config.is_cluster_mode().then(|| ClusterState {
                 image: RwLock::new(Arc::new(crate::controller::MetadataImage::new())),
                 applied_index: std::sync::atomic::AtomicU64::new(0),
@@ -282,6 +290,7 @@ impl Broker {
             topics.insert(name.clone(), Arc::new(Topic { name, id, config: tc, partition_count: n, partitions }));
         }
         *broker.topics.write().unwrap() = topics;
+        broker.recover_transactions()?;
         Ok(Arc::new(broker))
     }
 
@@ -382,6 +391,7 @@ impl Broker {
         let log = Log::open(self.disk.clone(), dir.clone(), log_config(tc), now)
             .map_err(|source| BrokerError::Log { dir: dir.display().to_string(), source })?;
         let leo = log.log_end_offset();
+        let txn = txn::rebuild_partition_txn(&log, &dir)?;
         Ok(Arc::new(Partition {
             topic: topic.to_string(),
             index,
@@ -394,6 +404,7 @@ impl Broker {
                 sync_wanted_upto: 0,
                 role: Role::Standalone,
                 epochs: None,
+                txn,
             }),
             durable: watch::channel(leo).0,
             hw: watch::channel(leo).0,
@@ -550,8 +561,24 @@ impl Broker {
                 self.sync::<DescribeClusterRequest>(&ctx, frame, |b, r, c| b.describe_cluster(r, c))
             }
             ApiKey::DeleteRecords => self.sync::<DeleteRecordsRequest>(&ctx, frame, |b, r, c| b.delete_records(r, c)),
-            ApiKey::InitProducerId => {
-                self.sync::<InitProducerIdRequest>(&ctx, frame, |b, r, c| b.init_producer_id(r, c))
+            ApiKey::InitProducerId => match protocol::decode_body::<InitProducerIdRequest>(&mut frame, v) {
+                Ok(r) => self.init_producer_id_any(r, ctx),
+                Err(e) => Reply::Close(format!("malformed InitProducerId v{v}: {e}")),
+            },
+            ApiKey::AddPartitionsToTxn => match protocol::decode_body::<AddPartitionsToTxnRequest>(&mut frame, v) {
+                Ok(r) => self.add_partitions_to_txn(r, ctx),
+                Err(e) => Reply::Close(format!("malformed AddPartitionsToTxn v{v}: {e}")),
+            },
+            ApiKey::AddOffsetsToTxn => match protocol::decode_body::<AddOffsetsToTxnRequest>(&mut frame, v) {
+                Ok(r) => self.add_offsets_to_txn(r, ctx),
+                Err(e) => Reply::Close(format!("malformed AddOffsetsToTxn v{v}: {e}")),
+            },
+            ApiKey::EndTxn => match protocol::decode_body::<EndTxnRequest>(&mut frame, v) {
+                Ok(r) => self.end_txn(r, ctx),
+                Err(e) => Reply::Close(format!("malformed EndTxn v{v}: {e}")),
+            },
+            ApiKey::TxnOffsetCommit => {
+                self.sync::<TxnOffsetCommitRequest>(&ctx, frame, |b, r, c| b.txn_offset_commit(r, c))
             }
             ApiKey::FindCoordinator => {
                 self.sync::<FindCoordinatorRequest>(&ctx, frame, |b, r, c| b.find_coordinator(r, c))

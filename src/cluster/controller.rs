@@ -89,7 +89,8 @@ impl ControllerNode {
         let me = config.node_id() as u64;
         let dir = std::path::PathBuf::from(config.log_dir()).join("__cluster_metadata");
         let seed = runtime::random_u64() ^ me;
-        let quorum = ControllerQuorum::open(me, voters.iter().map(|v| v.id as u64).collect(), disk.clone(), &dir, seed)?;
+        let quorum =
+            ControllerQuorum::open(me, voters.iter().map(|v| v.id as u64).collect(), disk.clone(), &dir, seed)?;
         let applied = watch::channel(quorum.applied_index()).0;
         let listener_cfg = config.controller_listener().expect("checked at config load");
         let addr = format!("{}:{}", listener_cfg.host, listener_cfg.port);

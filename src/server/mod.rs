@@ -107,6 +107,7 @@ impl Server {
         };
 
         let group_timer = tokio::spawn(crate::broker::run_group_timer(broker.clone()));
+        let txn_timer = tokio::spawn(crate::broker::run_txn_timer(broker.clone()));
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -145,6 +146,7 @@ impl Server {
         flusher.abort();
         retention.abort();
         group_timer.abort();
+        txn_timer.abort();
         broker.flush_round(true).await;
         broker.close();
         tracing::info!("shut down cleanly");
