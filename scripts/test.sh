@@ -24,8 +24,8 @@ else
 fi
 export RUNNEL_ACCEPTANCE_PYTHON=$PY
 
-step "no unbiased select! (simulation determinism)"
-scripts/check-select.sh
+step "architecture invariants (biased select!, filesystem and madsim only in runtime, sans-IO cores)"
+scripts/check-invariants.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -142,6 +142,9 @@ impl Broker {
         }
         if appended_any {
             self.appended.send_modify(|v| *v += 1);
+            if self.cluster.is_some() {
+                self.flush_wanted.notify_one();
+            }
         }
         if acks == 0 {
             return Reply::Nothing;
@@ -301,6 +304,13 @@ impl Broker {
             st.first_unflushed_ms = now;
         }
         p.dirty.store(true, Ordering::Release);
+        // A cluster leader's high watermark waits for its own fsync too, so ask the flusher
+        // for one after every append (group commit keeps it cheap) even when this reply does
+        // not wait for it: otherwise acks=1 records would stay invisible to consumers until
+        // the next timed flush.
+        if matches!(st.role, Role::Leader(_)) {
+            st.sync_wanted_upto = st.sync_wanted_upto.max(info.last_offset + 1);
+        }
         let must_sync = acks == -1 || st.unflushed_records >= tc.flush_messages();
         if must_sync {
             st.sync_wanted_upto = st.sync_wanted_upto.max(info.last_offset + 1);

@@ -76,3 +76,8 @@ pub fn random_u64() -> u64 {
 pub fn random_u128() -> u128 {
     ((random_u64() as u128) << 64) | random_u64() as u128
 }
+
+/// Reads a whole text file from the real filesystem (configuration files at startup).
+pub fn read_text_file(path: &str) -> std::io::Result<String> {
+    std::fs::read_to_string(path)
+}

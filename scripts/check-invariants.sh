@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Checks architecture invariants that a grep can prove (docs/ARCHITECTURE.md):
+# - every tokio::select! is `biased;` (scripts/check-select.sh);
+# - only src/runtime/ touches the filesystem (std::fs, tokio::fs) or names madsim;
+# - the sans-IO cores (protocol, log, controller, replication, group, txn) spawn nothing,
+#   sleep never and open no sockets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bad=0
+scripts/check-select.sh || bad=1
+# Test modules may use tempdirs; skip lines in files named tests.rs / model_tests.rs.
+if grep -rnE 'std::fs|tokio::fs|madsim' src --include='*.rs' \
+    | grep -v '^src/runtime/' | grep -vE '/(tests|model_tests)\.rs:' | grep -vE '^\S+:\s*//'; then
+  echo "error: only src/runtime may touch the filesystem or name madsim (lines above)"; bad=1
+fi
+if grep -rnE 'tokio::spawn|tokio::time::sleep|TcpStream|TcpListener|std::thread::spawn' \
+    src/protocol src/log src/controller src/replication src/group src/txn --include='*.rs' \
+    | grep -vE '/(tests|model_tests)\.rs:' | grep -vE '^\S+:\s*//'; then
+  echo "error: sans-IO cores must not spawn, sleep or open sockets (lines above)"; bad=1
+fi
+[[ $bad -eq 0 ]] && echo "architecture invariants hold"
+exit $bad
