@@ -47,6 +47,11 @@ case $cmd in
     for i in $(seq 1 "$n"); do
       for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$((BROKER_BASE + i - 1))) 2>/dev/null && break; sleep 0.1; done
     done
+    # Ready when every broker has registered with the controller quorum and been unfenced.
+    for i in $(seq 1 "$n"); do
+      for _ in $(seq 1 300); do grep -q "fenced=false" "$DIR/node-$i.log" 2>/dev/null && break; sleep 0.1; done
+    done
+    echo "cluster of $n ready"
     ;;
   stop)
     for f in "$DIR"/node-*.pid; do

@@ -10,6 +10,7 @@
 #![cfg(madsim)]
 
 mod checker;
+mod cluster;
 mod history;
 mod settings;
 mod single_node;

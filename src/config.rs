@@ -396,7 +396,8 @@ impl BrokerConfig {
     pub fn load(path: Option<&str>, overrides: &[String]) -> Result<Self, ConfigError> {
         let mut pairs = Vec::new();
         if let Some(p) = path {
-            let text = crate::runtime::read_text_file(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+            let text =
+                crate::runtime::read_text_file(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
             pairs.extend(parse_properties(&text, p)?);
         }
         for (i, o) in overrides.iter().enumerate() {

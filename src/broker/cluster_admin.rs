@@ -56,10 +56,22 @@ impl Broker {
             mb.port = b.port as i32;
             resp.brokers.push(mb);
         }
+        // Always list this broker (clients must keep a usable node even before the cluster has
+        // registered anyone, e.g. right after start) and name a controller that exists.
+        let me = self.config().node_id();
+        if !resp.brokers.iter().any(|b| b.node_id.0 == me) {
+            let adv = self.config().advertised_listener();
+            let mut mb = metadata_response::MetadataResponseBroker::default();
+            mb.node_id = BrokerId(me);
+            mb.host = str_bytes(&adv.host);
+            mb.port = adv.port as i32;
+            resp.brokers.push(mb);
+            resp.brokers.sort_by_key(|b| b.node_id.0);
+        }
         resp.cluster_id = Some(str_bytes(self.cluster_id()));
         // The active controller is not a broker-visible node here; name the lowest live broker
-        // so clients that require a controller id get a valid one.
-        resp.controller_id = BrokerId(img.brokers.values().find(|b| !b.fenced).map_or(-1, |b| b.broker_id));
+        // so clients that send admin requests to "the controller" reach a broker that forwards.
+        resp.controller_id = BrokerId(img.brokers.values().find(|b| !b.fenced).map_or(me, |b| b.broker_id));
         resp.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
         match names {
             None => {

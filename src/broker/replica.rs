@@ -23,6 +23,9 @@ use crate::protocol::errors;
 use crate::replication::{FollowerState, LeaderEpochCache, LeaderInit, LeaderState};
 use crate::runtime;
 
+/// How long a forwarded admin request keeps retrying while no controller is reachable.
+pub const FORWARD_RETRY_MS: u64 = 10_000;
+
 /// Cluster-mode state of a broker.
 pub struct ClusterState {
     /// The newest metadata image applied.
@@ -282,7 +285,17 @@ impl Broker {
         let Some(cluster) = self.cluster.as_ref() else {
             return (errors::INVALID_REQUEST, "not in cluster mode".into());
         };
-        let resp = cluster.controller.lock().await.call(&req).await;
+        // Retry while no controller is reachable (an election in progress), within a bound.
+        let give_up = tokio::time::Instant::now() + std::time::Duration::from_millis(FORWARD_RETRY_MS);
+        let resp = loop {
+            let r = cluster.controller.lock().await.call(&req).await;
+            match r {
+                Err(_) if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => break other,
+            }
+        };
         match resp {
             Ok(ControllerResponse::Done { error_code: errors::NONE, .. }) => {
                 let mut rx = cluster.image_changed.subscribe();
