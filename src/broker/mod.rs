@@ -402,7 +402,10 @@ impl Broker {
                 unflushed_records: 0,
                 first_unflushed_ms: -1,
                 sync_wanted_upto: 0,
-                role: Role::Standalone,
+                // In cluster mode a replica has no role (and claims no high watermark: its log
+                // may hold records that were never replicated) until the metadata image says
+                // whether it leads or follows.
+                role: if self.cluster.is_some() { Role::Offline } else { Role::Standalone },
                 epochs: None,
                 txn,
             }),

@@ -218,6 +218,11 @@ async fn fetcher(broker: Arc<Broker>, leader: i32) {
         let mut index: BTreeMap<(String, i32), Arc<Partition>> = BTreeMap::new();
         for p in &parts {
             let st = p.state.lock().unwrap();
+            // A follower whose log failed (fsync EIO, ENOSPC) must stop reporting progress: its
+            // fetch offset would claim records as durable that the failed sync may have lost.
+            if st.log.is_poisoned() {
+                continue;
+            }
             let (Role::Follower(f), Some(epochs)) = (&st.role, &st.epochs) else { continue };
             let fields = f.fetch_request(epochs);
             let mut fp = fetch_request::FetchPartition::default();
