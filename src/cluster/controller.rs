@@ -43,6 +43,8 @@ pub const SESSION_CHECK_INTERVAL_MS: i64 = 50;
 
 struct Inner {
     quorum: ControllerQuorum,
+    /// The last active controller this node knew of (to detect who it replaced).
+    known_leader: Option<u64>,
     /// Set when the quorum failed (storage): the next tick reopens it from disk.
     failed: bool,
     last_preferred_election_ms: i64,
@@ -110,6 +112,7 @@ impl ControllerNode {
             dir,
             inner: Mutex::new(Inner {
                 quorum,
+                known_leader: None,
                 failed: false,
                 last_preferred_election_ms: 0,
                 active: None,
@@ -176,8 +179,16 @@ impl ControllerNode {
                     let grace = NEW_CONTROLLER_GRACE_MS.max(3 * self.config.int_value("broker.heartbeat.interval.ms"));
                     let seen = now - timeout + grace.min(timeout);
                     let image = inner.quorum.image();
+                    // The controller we replaced stopped answering Raft for a whole election
+                    // timeout; in combined mode its broker is most likely dead too, so expire
+                    // its session at once (a live one heartbeats again and is unfenced).
+                    let replaced = inner.known_leader.filter(|l| *l != inner.quorum.node_id()).map(|l| l as i32);
                     for b in image.brokers.values().filter(|b| !b.fenced) {
-                        let _ = a.on_heartbeat(image, b.broker_id, b.incarnation, seen);
+                        let at = if Some(b.broker_id) == replaced { now - timeout - 1 } else { seen };
+                        let _ = a.on_heartbeat(image, b.broker_id, b.incarnation, at);
+                    }
+                    if let Some(r) = replaced {
+                        tracing::info!(broker_id = r, "expiring the session of the replaced controller's broker");
                     }
                     inner.active = Some(a);
                     inner.last_session_check_ms = now;
@@ -185,6 +196,9 @@ impl ControllerNode {
                 }
             } else {
                 inner.active = None;
+            }
+            if let Some(l) = inner.quorum.leader_id().filter(|l| *l != 0) {
+                inner.known_leader = Some(l);
             }
             let applied = inner.quorum.applied_index();
             if applied != *self.applied.borrow() {
@@ -295,8 +309,18 @@ impl ControllerNode {
         let image = quorum.image();
         if image.brokers.get(&broker_id).is_some_and(|b| b.incarnation == incarnation && !b.fenced) {
             let timeout = self.config.int_value("broker.session.timeout.ms");
-            let _ = active.on_heartbeat(image, broker_id, incarnation, runtime::now_ms() - timeout - 1);
+            let now = runtime::now_ms();
+            let _ = active.on_heartbeat(image, broker_id, incarnation, now - timeout - 1);
             tracing::info!(broker_id, "broker's controller connection closed; expiring its session");
+            // Fence now rather than at the next session check: clients are already looking
+            // for the new leaders.
+            let records = active.check_sessions(image, now, timeout);
+            for r in &records {
+                if let Err(e) = quorum.propose(r) {
+                    tracing::warn!(error = %e, "could not propose fencing record");
+                }
+            }
+            self.drive(inner);
         }
     }
 
