@@ -41,7 +41,9 @@ step "unit, property and real-process tests"
 cargo test --release -- --test-threads=2
 
 step "simulation build and fast seed sweep (cfg madsim)"
-MADSIM_TEST_NUM=${MADSIM_TEST_NUM:-20} cargo simtest --release --test sim
+# Seeds are pinned (1..20 of every test) so a CI result replays exactly; scripts/sim.sh sweeps
+# new seeds (see docs/SIMULATION.md for the open failures those sweeps found).
+MADSIM_TEST_SEED=${MADSIM_TEST_SEED:-1} MADSIM_TEST_NUM=${MADSIM_TEST_NUM:-20} cargo simtest --release --test sim
 
 if [[ -z ${SKIP_ACCEPTANCE:-} && -n $PY ]]; then
   step "acceptance checks with real clients"
