@@ -346,6 +346,28 @@ pub async fn final_read(
 ) -> Option<BTreeMap<i32, (i64, Vec<(i64, String)>)>> {
     let mut out = BTreeMap::new();
     let mut client: Option<Client> = None;
+    // The end of what was acknowledged with acks=all, per partition. A newly elected leader's
+    // high watermark can lag (it starts from what it knew as a follower and advances as the
+    // followers fetch), so the final read waits, within the liveness bound, until the high
+    // watermark covers every acknowledged acks=all record instead of reading a short log.
+    let mut acked_end: BTreeMap<i32, i64> = BTreeMap::new();
+    {
+        let mut sends: BTreeMap<u64, (i32, i16, i64)> = BTreeMap::new();
+        for e in ctx.history.entries() {
+            match e.event {
+                Event::Send { op, acks, partition, ref values, .. } => {
+                    sends.insert(op, (partition, acks, values.len() as i64));
+                }
+                Event::Ack { op, base_offset, .. } => {
+                    if let Some(&(partition, -1, n)) = sends.get(&op) {
+                        let end = acked_end.entry(partition).or_insert(0);
+                        *end = (*end).max(base_offset + n);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
     'partitions: for p in 0..partitions {
         loop {
             if ctx.history.now_ms() >= deadline_ms {
@@ -359,6 +381,9 @@ pub async fn final_read(
             let attempt: Result<(i64, Vec<(i64, String)>), ClientError> = async {
                 let (start, _) = c.list_offsets(TOPIC, p, EARLIEST_TIMESTAMP).await?;
                 let (hw, _) = c.list_offsets(TOPIC, p, LATEST_TIMESTAMP).await?;
+                if hw < acked_end.get(&p).copied().unwrap_or(0) {
+                    return Ok((-1, Vec::new())); // not caught up yet: retry
+                }
                 let mut records = Vec::new();
                 let mut pos = start;
                 while pos < hw {
@@ -373,6 +398,9 @@ pub async fn final_read(
             }
             .await;
             match attempt {
+                Ok((-1, _)) => {
+                    madsim::time::sleep(Duration::from_millis(100)).await;
+                }
                 Ok((hw, records)) => {
                     ctx.history.record(Event::Final { partition: p, records: records.clone(), high_watermark: hw });
                     out.insert(p, (hw, records));
