@@ -15,6 +15,7 @@ pub mod group;
 pub mod limits;
 pub mod log;
 pub mod protocol;
+pub mod record_file;
 pub mod replication;
 pub mod runtime;
 pub mod server;

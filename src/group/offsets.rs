@@ -26,10 +26,10 @@ use std::sync::Arc;
 use crate::runtime::{Disk, File};
 
 use super::{GROUP_ID_MAX_LEN, OFFSETS_FILE_COMPACT_BYTES, OFFSET_METADATA_MAX_BYTES, OFFSET_RECORD_MAX_BYTES};
+use crate::record_file::{put_frame, put_str16, split_frame, Reader};
 
 const LOG_FILE: &str = "offsets.log";
 const TMP_FILE: &str = "offsets.log.compact";
-const RECORD_HEADER_BYTES: usize = 8;
 const KIND_COMMIT: u8 = 1;
 const KIND_DELETE_GROUP: u8 = 2;
 
@@ -319,12 +319,6 @@ fn apply(offsets: &mut OffsetMap, rec: Record) {
     }
 }
 
-fn put_str16(buf: &mut Vec<u8>, s: &str) {
-    assert!(s.len() <= u16::MAX as usize);
-    buf.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    buf.extend_from_slice(s.as_bytes());
-}
-
 fn encode_record(buf: &mut Vec<u8>, rec: &Record) {
     let mut p = Vec::new();
     match rec {
@@ -349,28 +343,14 @@ fn encode_record(buf: &mut Vec<u8>, rec: &Record) {
             put_str16(&mut p, group);
         }
     }
-    assert!(p.len() <= OFFSET_RECORD_MAX_BYTES, "offset record of {} bytes exceeds the limit", p.len());
-    buf.extend_from_slice(&(p.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&crc32c::crc32c(&p).to_be_bytes());
-    buf.extend_from_slice(&p);
+    put_frame(buf, &p, OFFSET_RECORD_MAX_BYTES, "offset");
 }
 
 /// Decodes the record at the start of `buf`, returning it and its encoded length, or `None`
 /// if `buf` does not begin with a whole, valid record. Never panics on hostile bytes.
 fn decode_record(buf: &[u8]) -> Option<(Record, usize)> {
-    if buf.len() < RECORD_HEADER_BYTES {
-        return None;
-    }
-    let len = u32::from_be_bytes(buf[0..4].try_into().ok()?) as usize;
-    let crc = u32::from_be_bytes(buf[4..8].try_into().ok()?);
-    if len == 0 || len > OFFSET_RECORD_MAX_BYTES || buf.len() - RECORD_HEADER_BYTES < len {
-        return None;
-    }
-    let p = &buf[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len];
-    if crc32c::crc32c(p) != crc {
-        return None;
-    }
-    let mut r = Reader(p);
+    let (p, frame_len) = split_frame(buf, OFFSET_RECORD_MAX_BYTES)?;
+    let mut r = Reader::new(p, GROUP_ID_MAX_LEN.max(crate::limits::TOPIC_NAME_MAX_LEN));
     let rec = match r.u8()? {
         KIND_COMMIT => {
             let group = r.str16()?;
@@ -391,42 +371,10 @@ fn decode_record(buf: &[u8]) -> Option<(Record, usize)> {
         KIND_DELETE_GROUP => Record::DeleteGroup { group: r.str16()? },
         _ => return None,
     };
-    if !r.0.is_empty() {
+    if !r.is_empty() {
         return None;
     }
-    Some((rec, RECORD_HEADER_BYTES + len))
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn i32(&mut self) -> Option<i32> {
-        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn string(&mut self, n: usize) -> Option<String> {
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-    fn str16(&mut self) -> Option<String> {
-        let n = u16::from_be_bytes(self.take(2)?.try_into().ok()?) as usize;
-        if n > GROUP_ID_MAX_LEN.max(crate::limits::TOPIC_NAME_MAX_LEN) {
-            return None;
-        }
-        self.string(n)
-    }
+    Some((rec, frame_len))
 }
 
 #[cfg(test)]

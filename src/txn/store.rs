@@ -34,10 +34,10 @@ use crate::runtime::{Disk, File};
 
 use super::coordinator::{TxnMetadata, TxnState};
 use super::{TRANSACTIONAL_ID_MAX_LEN, TXN_FILE_COMPACT_BYTES, TXN_RECORD_MAX_BYTES};
+use crate::record_file::{put_frame, put_str16, split_frame, Reader};
 
 const LOG_FILE: &str = "txn-state.log";
 const TMP_FILE: &str = "txn-state.log.compact";
-const RECORD_HEADER_BYTES: usize = 8;
 const KIND_TXN: u8 = 1;
 const KIND_REMOVE: u8 = 2;
 const KIND_PRODUCER_ID_BLOCK: u8 = 3;
@@ -247,12 +247,6 @@ impl TxnStore {
     }
 }
 
-fn put_str16(p: &mut Vec<u8>, s: &str) {
-    assert!(s.len() <= u16::MAX as usize);
-    p.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    p.extend_from_slice(s.as_bytes());
-}
-
 fn put_u32(p: &mut Vec<u8>, n: usize) {
     p.extend_from_slice(&(u32::try_from(n).expect("count fits u32")).to_be_bytes());
 }
@@ -311,28 +305,14 @@ fn encode_record(buf: &mut Vec<u8>, rec: &StoreRecord) {
             p.extend_from_slice(&e.to_be_bytes());
         }
     }
-    assert!(p.len() <= TXN_RECORD_MAX_BYTES, "transaction record of {} bytes exceeds the limit", p.len());
-    buf.extend_from_slice(&(p.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&crc32c::crc32c(&p).to_be_bytes());
-    buf.extend_from_slice(&p);
+    put_frame(buf, &p, TXN_RECORD_MAX_BYTES, "transaction");
 }
 
 /// Decodes the record at the start of `buf` and its encoded length, or `None` if `buf` does
 /// not begin with a whole, valid record. Never panics on hostile bytes.
 fn decode_record(buf: &[u8]) -> Option<(StoreRecord, usize)> {
-    if buf.len() < RECORD_HEADER_BYTES {
-        return None;
-    }
-    let len = u32::from_be_bytes(buf[0..4].try_into().ok()?) as usize;
-    let crc = u32::from_be_bytes(buf[4..8].try_into().ok()?);
-    if len == 0 || len > TXN_RECORD_MAX_BYTES || buf.len() - RECORD_HEADER_BYTES < len {
-        return None;
-    }
-    let p = &buf[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len];
-    if crc32c::crc32c(p) != crc {
-        return None;
-    }
-    let mut r = Reader(p);
+    let (p, frame_len) = split_frame(buf, TXN_RECORD_MAX_BYTES)?;
+    let mut r = Reader::new(p, GROUP_ID_MAX_LEN.max(TRANSACTIONAL_ID_MAX_LEN).max(crate::limits::TOPIC_NAME_MAX_LEN));
     let rec = match r.u8()? {
         KIND_TXN => StoreRecord::Txn(decode_txn(&mut r)?),
         KIND_REMOVE => StoreRecord::Remove(r.str16()?),
@@ -340,10 +320,10 @@ fn decode_record(buf: &[u8]) -> Option<(StoreRecord, usize)> {
         KIND_COORDINATOR_EPOCH => StoreRecord::CoordinatorEpoch(r.i32()?),
         _ => return None,
     };
-    if !r.0.is_empty() {
+    if !r.is_empty() {
         return None;
     }
-    Some((rec, RECORD_HEADER_BYTES + len))
+    Some((rec, frame_len))
 }
 
 fn decode_txn(r: &mut Reader<'_>) -> Option<TxnMetadata> {
@@ -392,44 +372,6 @@ fn decode_txn(r: &mut Reader<'_>) -> Option<TxnMetadata> {
         txn_start_ms,
         last_update_ms: 0,
     })
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn i16(&mut self) -> Option<i16> {
-        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn i32(&mut self) -> Option<i32> {
-        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn string(&mut self, n: usize) -> Option<String> {
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-    fn str16(&mut self) -> Option<String> {
-        let n = u16::from_be_bytes(self.take(2)?.try_into().ok()?) as usize;
-        if n > GROUP_ID_MAX_LEN.max(TRANSACTIONAL_ID_MAX_LEN).max(crate::limits::TOPIC_NAME_MAX_LEN) {
-            return None;
-        }
-        self.string(n)
-    }
 }
 
 #[cfg(test)]
