@@ -30,3 +30,10 @@ pub const REQUEST_HEADER_MAX_BYTES: usize = 64 * 1024;
 
 const _: () = assert!(MESSAGE_MAX_BYTES_DEFAULT < SOCKET_REQUEST_MAX_BYTES_DEFAULT);
 const _: () = assert!(FETCH_RESPONSE_MAX_BYTES <= FETCH_PENDING_BYTES_MAX);
+
+/// How long a fenced broker stays in the Metadata and DescribeCluster broker lists after this
+/// broker learned of the fencing. Its leaderships have already moved; listing it a little
+/// longer keeps librdkafka from decommissioning it in the same response that names the new
+/// leader (that path parks the partition until the client's next 1 s topic scan, which
+/// doubled produce unavailability after a leader kill).
+pub const FENCED_BROKER_LISTED_MS: i64 = 10_000;

@@ -11,7 +11,7 @@ use kafka_protocol::messages::*;
 use super::{Broker, Reply, RequestContext};
 use crate::cluster::rpc::ControllerRequest;
 use crate::config::validate_topic_config;
-use crate::controller::metadata::NO_LEADER;
+use crate::controller::metadata::{BrokerRegistration, NO_LEADER};
 use crate::controller::MetadataImage;
 use crate::protocol::{errors, str_bytes, validate_topic_name};
 
@@ -47,9 +47,25 @@ fn topic_entry(img: &MetadataImage, name: &str) -> metadata_response::MetadataRe
 }
 
 impl Broker {
+    /// The brokers that Metadata and DescribeCluster list: every unfenced broker, and a fenced
+    /// one for [`FENCED_BROKER_LISTED_MS`](crate::limits::FENCED_BROKER_LISTED_MS) after this
+    /// broker learned of the fencing (its partitions already show other leaders and it is
+    /// named in `offline_replicas`).
+    fn listed_brokers<'a>(&self, img: &'a MetadataImage) -> Vec<&'a BrokerRegistration> {
+        let now = crate::runtime::now_ms();
+        let since = self.cluster().map(|c| c.fenced_since.lock().unwrap().clone()).unwrap_or_default();
+        img.brokers
+            .values()
+            .filter(|b| {
+                !b.fenced
+                    || since.get(&b.broker_id).is_some_and(|t| now - t < crate::limits::FENCED_BROKER_LISTED_MS)
+            })
+            .collect()
+    }
+
     fn cluster_metadata_response(&self, img: &MetadataImage, names: Option<&[String]>) -> MetadataResponse {
         let mut resp = MetadataResponse::default();
-        for b in img.brokers.values().filter(|b| !b.fenced) {
+        for b in self.listed_brokers(img) {
             let mut mb = metadata_response::MetadataResponseBroker::default();
             mb.node_id = BrokerId(b.broker_id);
             mb.host = str_bytes(&b.host);
@@ -143,7 +159,7 @@ impl Broker {
         resp.controller_id = BrokerId(img.brokers.values().find(|b| !b.fenced).map_or(-1, |b| b.broker_id));
         resp.endpoint_type = 1;
         resp.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
-        for b in img.brokers.values().filter(|b| !b.fenced) {
+        for b in self.listed_brokers(&img) {
             let mut db = describe_cluster_response::DescribeClusterBroker::default();
             db.broker_id = BrokerId(b.broker_id);
             db.host = str_bytes(&b.host);

@@ -274,6 +274,7 @@ impl Broker {
                     config.controller_quorum_voters(),
                     std::time::Duration::from_millis(3000),
                 )),
+                fenced_since: Mutex::new(BTreeMap::new()),
             }),
             fetch_memory: Arc::new(tokio::sync::Semaphore::new(crate::limits::FETCH_PENDING_BYTES_MAX / 1024)),
         };

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -38,6 +38,9 @@ pub struct ClusterState {
     pub incarnation: u64,
     /// Client for controller requests made from request handlers.
     pub controller: tokio::sync::Mutex<ControllerClient>,
+    /// When this broker first saw each currently fenced broker fenced (ms); see
+    /// [`FENCED_BROKER_LISTED_MS`](crate::limits::FENCED_BROKER_LISTED_MS).
+    pub fenced_since: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl Broker {
@@ -62,6 +65,13 @@ impl Broker {
         if applied_index < current {
             tracing::warn!(applied_index, current, "ignoring an older metadata image");
             return;
+        }
+        {
+            let mut since = cluster.fenced_since.lock().unwrap();
+            since.retain(|id, _| image.brokers.get(id).is_some_and(|b| b.fenced));
+            for b in image.brokers.values().filter(|b| b.fenced) {
+                since.entry(b.broker_id).or_insert(now);
+            }
         }
         let old = self.topics.read().unwrap().clone();
         let mut next: BTreeMap<String, Arc<Topic>> = BTreeMap::new();
