@@ -57,8 +57,7 @@ impl Broker {
         img.brokers
             .values()
             .filter(|b| {
-                !b.fenced
-                    || since.get(&b.broker_id).is_some_and(|t| now - t < crate::limits::FENCED_BROKER_LISTED_MS)
+                !b.fenced || since.get(&b.broker_id).is_some_and(|t| now - t < crate::limits::FENCED_BROKER_LISTED_MS)
             })
             .collect()
     }

@@ -392,14 +392,14 @@ impl Broker {
         let log = Log::open(self.disk.clone(), dir.clone(), log_config(tc), now)
             .map_err(|source| BrokerError::Log { dir: dir.display().to_string(), source })?;
         let leo = log.log_end_offset();
-        let txn = txn::rebuild_partition_txn(&log, &dir)?;
+        let (txn, producers) = txn::rebuild_partition_state(&log, &dir)?;
         Ok(Arc::new(Partition {
             topic: topic.to_string(),
             index,
             dir,
             state: Mutex::new(PartitionState {
                 log,
-                producers: ProducerState::default(),
+                producers,
                 unflushed_records: 0,
                 first_unflushed_ms: -1,
                 sync_wanted_upto: 0,

@@ -221,8 +221,9 @@ impl Broker {
             Role::Offline
         };
         st.role = new_role;
-        // Producer sequences are only trusted from this broker's own leadership.
-        st.producers.clear();
+        // Producer sequences stay: they were rebuilt from the log at open and kept up to date
+        // by every append since, as leader and as follower (see `ProducerState::observe_batch`),
+        // so a new leader recognises retries of batches its predecessor wrote.
         drop(st);
         // Wake acks=all waiters and long polls so they re-check the new role.
         p.hw.send_modify(|_| {});

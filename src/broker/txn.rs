@@ -29,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::messages::*;
 
+use super::producer_state::ProducerState;
 use super::{Broker, BrokerError, Partition, PartitionState, Reply, RequestContext, Role};
 use crate::group::{CommittedOffset, OFFSET_METADATA_MAX_BYTES};
 use crate::log::Log;
@@ -110,8 +111,19 @@ impl Txns {
 }
 
 /// Rebuilds a partition's transaction index from its log (call in `open_partition`).
-pub(super) fn rebuild_partition_txn(log: &Log, dir: &Path) -> Result<PartitionTxnState, BrokerError> {
-    PartitionTxnState::rebuild(log).map_err(|source| BrokerError::Log { dir: dir.display().to_string(), source })
+/// Rebuilds a partition's transaction and producer-sequence state from its log in one scan.
+pub(super) fn rebuild_partition_state(
+    log: &Log,
+    dir: &Path,
+) -> Result<(PartitionTxnState, ProducerState), BrokerError> {
+    let mut txn = PartitionTxnState::default();
+    let mut producers = ProducerState::default();
+    log.scan_batches(crate::txn::REBUILD_READ_BYTES, |h, batch| {
+        txn.observe_batch(h, batch);
+        producers.observe_batch(h);
+    })
+    .map_err(|source| BrokerError::Log { dir: dir.display().to_string(), source })?;
+    Ok((txn, producers))
 }
 
 /// Produce hook: records the transactional batches just appended at `base_offset` (call with

@@ -290,7 +290,13 @@ async fn fetcher(broker: Arc<Broker>, leader: i32) {
                                 tracing::error!(error = %e, "truncation failed");
                                 continue;
                             }
-                            state.producers.clear();
+                            match crate::broker::ProducerState::rebuild(&state.log) {
+                                Ok(ps) => state.producers = ps,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "rebuilding producer state after truncation failed");
+                                    state.producers.clear();
+                                }
+                            }
                         }
                     }
                     let leo = state.log.log_end_offset();
@@ -300,7 +306,7 @@ async fn fetcher(broker: Arc<Broker>, leader: i32) {
                     continue;
                 }
                 if !records.is_empty() {
-                    if let Err(e) = append_fetched(&mut state.log, epochs, &records) {
+                    if let Err(e) = append_fetched(&mut state.log, epochs, &mut state.producers, &records) {
                         tracing::warn!(topic = %topic, partition = pd.partition_index, error = %e,
                             "could not append fetched records");
                         backoff = true;
@@ -330,10 +336,12 @@ async fn fetcher(broker: Arc<Broker>, leader: i32) {
 fn append_fetched(
     log: &mut crate::log::Log,
     epochs: &mut crate::replication::LeaderEpochCache,
+    producers: &mut crate::broker::ProducerState,
     records: &Bytes,
 ) -> Result<(), String> {
     let mut pos = 0usize;
     let mut end = 0usize;
+    let mut headers = Vec::new();
     while pos < records.len() {
         let h = BatchHeader::parse(&records[pos..]).map_err(|e| e.to_string())?;
         if pos + h.total_len() > records.len() {
@@ -344,11 +352,15 @@ fn append_fetched(
         }
         pos += h.total_len();
         end = pos;
+        headers.push(h);
     }
     if end == 0 {
         return Ok(());
     }
     log.append_as_follower(&records[..end]).map_err(|e| e.to_string())?;
+    for h in &headers {
+        producers.observe_batch(h);
+    }
     Ok(())
 }
 

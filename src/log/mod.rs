@@ -510,6 +510,43 @@ impl Log {
         Ok(info)
     }
 
+    /// Calls `f` with the header and bytes of every batch from the log start offset to the log
+    /// end, reading `chunk_bytes` at a time (one sequential read of the whole log). Used at
+    /// open and after a truncation to rebuild per-partition state that the batch headers
+    /// determine (producer sequences, transactions).
+    pub fn scan_batches(
+        &self,
+        chunk_bytes: usize,
+        mut f: impl FnMut(&crate::protocol::batch::BatchHeader, &[u8]),
+    ) -> Result<(), LogError> {
+        let end = self.log_end_offset();
+        let mut next = self.log_start_offset();
+        while next < end {
+            let chunk = self.read(next, chunk_bytes, end, true)?;
+            let bytes = &chunk.records[..];
+            if bytes.is_empty() {
+                break;
+            }
+            let mut pos = 0usize;
+            let before = next;
+            while pos < bytes.len() {
+                let Ok(h) = crate::protocol::batch::BatchHeader::parse(&bytes[pos..]) else { break };
+                if pos + h.total_len() > bytes.len() {
+                    break;
+                }
+                f(&h, &bytes[pos..pos + h.total_len()]);
+                next = next.max(h.last_offset() + 1);
+                pos += h.total_len();
+            }
+            if next == before {
+                // A read that yields no whole batch cannot make progress; the log was
+                // recovered, so this is a bug elsewhere.
+                return Err(LogError::InvalidAppend(format!("cannot read a whole batch at offset {next}")));
+            }
+        }
+        Ok(())
+    }
+
     /// `(offset, timestamp)` of the first record at or after the log start offset whose
     /// timestamp is `>= ts`, found via segment max timestamps, the time index, the offset
     /// index and finally the records of the one matching batch.

@@ -122,39 +122,19 @@ impl PartitionTxnState {
     /// log start offset (retention cut into it) is tracked from the first batch that remains.
     pub fn rebuild(log: &Log) -> Result<PartitionTxnState, LogError> {
         let mut s = PartitionTxnState::default();
-        let end = log.log_end_offset();
-        let mut next = log.log_start_offset();
-        while next < end {
-            let chunk = log.read(next, REBUILD_READ_BYTES, end, true)?;
-            let bytes = &chunk.records[..];
-            if bytes.is_empty() {
-                break;
-            }
-            let mut pos = 0usize;
-            let before = next;
-            while pos < bytes.len() {
-                let Ok(h) = BatchHeader::parse(&bytes[pos..]) else { break };
-                if pos + h.total_len() > bytes.len() {
-                    break;
-                }
-                let batch = &bytes[pos..pos + h.total_len()];
-                if h.is_control() {
-                    if let Some(m) = parse_control_batch(batch) {
-                        s.on_marker(m.producer_id, m.commit, h.base_offset);
-                    }
-                } else if h.last_offset() >= h.base_offset {
-                    s.on_append(h.producer_id, h.producer_epoch, h.base_offset, h.last_offset(), h.is_transactional());
-                }
-                next = next.max(h.last_offset() + 1);
-                pos += h.total_len();
-            }
-            if next == before {
-                // A read that yields no whole batch cannot make progress; the log is only
-                // partially readable (it was recovered, so this is a bug elsewhere).
-                return Err(LogError::InvalidAppend(format!("cannot read a whole batch at offset {next}")));
-            }
-        }
+        log.scan_batches(REBUILD_READ_BYTES, |h, batch| s.observe_batch(h, batch))?;
         Ok(s)
+    }
+
+    /// Tracks one batch read back from the log (see [`PartitionTxnState::rebuild`]).
+    pub fn observe_batch(&mut self, h: &BatchHeader, batch: &[u8]) {
+        if h.is_control() {
+            if let Some(m) = parse_control_batch(batch) {
+                self.on_marker(m.producer_id, m.commit, h.base_offset);
+            }
+        } else if h.last_offset() >= h.base_offset {
+            self.on_append(h.producer_id, h.producer_epoch, h.base_offset, h.last_offset(), h.is_transactional());
+        }
     }
 }
 
