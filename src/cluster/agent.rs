@@ -318,6 +318,15 @@ async fn fetcher(broker: Arc<Broker>, leader: i32) {
                     // The leader validated our position (no divergence): start fetching.
                 }
                 let leo = state.log.log_end_offset();
+                // Follow the leader's log start offset (DeleteRecords, retention) as Kafka's
+                // followers do, never past what this replica holds and the leader committed.
+                let start = pd.log_start_offset.min(leo).min(pd.high_watermark);
+                if start > state.log.log_start_offset() {
+                    if let Err(e) = state.log.delete_records_before(start) {
+                        tracing::warn!(topic = %topic, partition = pd.partition_index, error = %e,
+                            "could not follow the leader's log start offset");
+                    }
+                }
                 f.on_fetch_response(pd.high_watermark, leo);
             }
         }
