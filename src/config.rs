@@ -128,7 +128,18 @@ const BROKER_KEYS: &[(&str, &str, Kind, &str)] = &[
     ),
     ("group.min.session.timeout.ms", "6000", Kind::Int { min: 0, max: I64MAX }, "smallest session timeout"),
     ("group.max.session.timeout.ms", "1800000", Kind::Int { min: 0, max: I64MAX }, "largest session timeout"),
-    ("offsets.topic.replication.factor", "1", Kind::Int { min: 1, max: 32767 }, "replication of committed offsets"),
+    (
+        "offsets.topic.replication.factor",
+        "3",
+        Kind::Int { min: 1, max: 32767 },
+        "replicas of __consumer_offsets in cluster mode (capped at the registered brokers)",
+    ),
+    (
+        "offsets.topic.num.partitions",
+        "50",
+        Kind::Int { min: 1, max: 10_000 },
+        "partitions of __consumer_offsets in cluster mode (fixed once created)",
+    ),
     ("offsets.retention.minutes", "10080", Kind::Int { min: 1, max: I64MAX }, "how long committed offsets are kept"),
     (
         "transaction.state.log.replication.factor",

@@ -25,6 +25,7 @@ fn topic_entry(img: &MetadataImage, name: &str) -> metadata_response::MetadataRe
     let mut mt = metadata_response::MetadataResponseTopic::default();
     mt.name = Some(TopicName(str_bytes(name)));
     mt.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+    mt.is_internal = name == super::offsets_topic::OFFSETS_TOPIC;
     let Some(t) = img.topic_by_name(name) else {
         mt.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
         return mt;

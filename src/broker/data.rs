@@ -35,7 +35,7 @@ struct FetchPass {
 
 /// What an acknowledged produce waits for.
 #[derive(Clone, Copy)]
-enum AckWait {
+pub(super) enum AckWait {
     /// Single node: the local fsync covering offsets below this.
     Fsync(i64),
     /// Cluster leader: the high watermark reaching `upto` (every ISR member fsynced it).
@@ -47,15 +47,15 @@ struct ProducePart {
     records: Option<Bytes>,
 }
 
-struct PartitionOutcome {
+pub(super) struct PartitionOutcome {
     index: i32,
-    error_code: i16,
+    pub(super) error_code: i16,
     error_message: Option<String>,
     base_offset: i64,
     log_append_time_ms: i64,
     log_start_offset: i64,
     /// Wait for this before answering.
-    wait_durable: Option<(Arc<Partition>, AckWait)>,
+    pub(super) wait_durable: Option<(Arc<Partition>, AckWait)>,
 }
 
 impl PartitionOutcome {
@@ -187,7 +187,7 @@ impl Broker {
         }))
     }
 
-    fn append(
+    pub(super) fn append(
         &self,
         topic: &super::Topic,
         p: &Arc<Partition>,
@@ -684,7 +684,7 @@ fn ack_wait_for(role: &Role, upto: i64, min_insync_replicas: i32) -> AckWait {
 }
 
 /// Waits for what an acknowledgement needs; returns the Kafka error code to answer.
-async fn wait_for_ack(p: &Arc<Partition>, wait: AckWait) -> i16 {
+pub(super) async fn wait_for_ack(p: &Arc<Partition>, wait: AckWait) -> i16 {
     match wait {
         AckWait::Fsync(upto) => {
             let mut rx = p.durable.subscribe();

@@ -43,6 +43,10 @@ pub const OFFSETS_DIR: &str = "__consumer_offsets";
 /// Group coordination state owned by the broker.
 pub struct Groups {
     inner: Mutex<Inner>,
+    /// Cluster mode: offsets partitions this broker leads and has loaded.
+    pub(super) loaded_offsets_partitions: Mutex<std::collections::BTreeSet<i32>>,
+    /// Cluster mode: a request to create the offsets topic is in flight.
+    pub(super) creating_offsets_topic: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -84,7 +88,44 @@ impl Groups {
             session_timeout_max_ms: max.max(min),
         };
         let core = GroupCoordinator::new(core_config, crate::runtime::random_u64());
-        Ok(Groups { inner: Mutex::new(Inner { core, waiters: HashMap::new(), offsets }) })
+        Ok(Groups {
+            inner: Mutex::new(Inner { core, waiters: HashMap::new(), offsets }),
+            loaded_offsets_partitions: Mutex::new(Default::default()),
+            creating_offsets_topic: Default::default(),
+        })
+    }
+
+    /// Cluster mode: applies records read from an offsets partition to the in-memory view.
+    pub(super) fn apply_offsets_records(
+        &self,
+        records: &[(String, super::offsets_topic::OffsetsRecord)],
+    ) -> Result<(), crate::group::OffsetStoreError> {
+        use super::offsets_topic::OffsetsRecord;
+        let mut g = self.inner.lock().unwrap();
+        for (group, rec) in records {
+            match rec {
+                OffsetsRecord::Commit { topic, partition, value } => {
+                    g.offsets.commit(group, &[(topic.clone(), *partition, value.clone())])?
+                }
+                OffsetsRecord::DeleteGroup => {
+                    g.offsets.delete_group(group)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: forgets the committed offsets of every group `pred` selects (this broker
+    /// stopped coordinating them); returns how many groups were dropped.
+    pub(super) fn forget_groups(&self, pred: impl Fn(&str) -> bool) -> usize {
+        let mut g = self.inner.lock().unwrap();
+        let drop: Vec<String> = g.offsets.groups().filter(|id| pred(id)).map(str::to_string).collect();
+        for id in &drop {
+            if let Err(e) = g.offsets.delete_group(id) {
+                tracing::error!(group = %id, error = %e, "forgetting group offsets failed");
+            }
+        }
+        drop.len()
     }
 
     /// Applies timeouts at `now_ms` and answers whatever completed; returns the next deadline.
@@ -127,6 +168,7 @@ impl Groups {
 /// answered with COORDINATOR_NOT_AVAILABLE.
 pub async fn run_group_timer(broker: Arc<Broker>) {
     while !broker.is_shutting_down() {
+        broker.reconcile_offsets_partitions();
         let now = runtime::now_ms();
         let next = broker.groups.tick(now);
         let wait_ms = next.map_or(TIMER_IDLE_POLL_MS, |d| (d - now).clamp(1, TIMER_IDLE_POLL_MS));
@@ -179,26 +221,21 @@ fn sync_response(r: SyncResult, version: i16) -> SyncGroupResponse {
 }
 
 impl Broker {
-    /// FindCoordinator: this node coordinates every group; transactions are not implemented.
-    /// The broker that coordinates `key` (a group id): this node on a single node; in cluster
-    /// mode a deterministic choice among registered brokers (hash of the key), moving to the
-    /// next live broker while the chosen one is fenced, so every broker answers alike.
-    pub(super) fn coordinator_for(&self, key: &str) -> (i32, String, u16) {
+    /// The broker that coordinates group `key`: this node on a single node; in cluster mode
+    /// the leader of the group's `__consumer_offsets` partition (see `offsets_topic.rs`),
+    /// creating that topic on first use. An error code while there is none.
+    pub(super) fn coordinator_for(self: &Arc<Self>, key: &str) -> Result<(i32, String, u16), i16> {
         let listener = self.config().advertised_listener();
         let me = (self.config().node_id(), listener.host, listener.port);
-        let Some(img) = self.image() else { return me };
-        let brokers: Vec<_> = img.brokers.values().collect();
-        if brokers.is_empty() {
-            return me;
+        let Some(img) = self.image() else { return Ok(me) };
+        let Some((_, leader)) = self.offsets_partition_of(key) else {
+            self.ensure_offsets_topic();
+            return Err(errors::COORDINATOR_NOT_AVAILABLE);
+        };
+        match img.brokers.get(&leader) {
+            Some(b) if !b.fenced => Ok((b.broker_id, b.host.clone(), b.port)),
+            _ => Err(errors::COORDINATOR_NOT_AVAILABLE),
         }
-        let start = (crate::client::murmur2(key.as_bytes()) & 0x7fff_ffff) as usize % brokers.len();
-        for i in 0..brokers.len() {
-            let b = brokers[(start + i) % brokers.len()];
-            if !b.fenced {
-                return (b.broker_id, b.host.clone(), b.port);
-            }
-        }
-        me
     }
 
     pub(super) fn find_coordinator(self: &Arc<Self>, req: FindCoordinatorRequest, ctx: &RequestContext) -> Bytes {
@@ -218,13 +255,16 @@ impl Broker {
                 .coordinator_keys
                 .into_iter()
                 .map(|key| {
-                    let (code, msg) = answer(req.key_type);
+                    let (mut code, msg) = answer(req.key_type);
                     let mut c = find_coordinator_response::Coordinator::default();
                     c.key = key.clone();
-                    c.error_code = code;
                     c.error_message = msg.map(sb);
-                    if code == errors::NONE {
-                        let (node_id, host, port) = self.coordinator_for(key.as_str());
+                    let found = if code == errors::NONE { self.coordinator_for(key.as_str()) } else { Err(code) };
+                    if let Err(e) = found {
+                        code = e;
+                    }
+                    c.error_code = code;
+                    if let Ok((node_id, host, port)) = found {
                         c.node_id = node_id.into();
                         c.host = sb(host);
                         c.port = port as i32;
@@ -237,12 +277,12 @@ impl Broker {
                 .collect();
         } else {
             let (code, msg) = answer(req.key_type);
-            resp.error_code = code;
+            let found = if code == errors::NONE { self.coordinator_for(req.key.as_str()) } else { Err(code) };
+            resp.error_code = *found.as_ref().err().unwrap_or(&errors::NONE);
             if ctx.version >= 1 {
                 resp.error_message = msg.map(sb);
             }
-            if code == errors::NONE {
-                let (node_id, host, port) = self.coordinator_for(req.key.as_str());
+            if let Ok((node_id, host, port)) = found {
                 resp.node_id = node_id.into();
                 resp.host = sb(host);
                 resp.port = port as i32;
@@ -271,6 +311,11 @@ impl Broker {
             require_known_member_id: v >= 4,
         };
         let member_id = jr.member_id.clone();
+        let gate = self.coordinator_gate(&jr.group_id);
+        if gate != errors::NONE {
+            let r = JoinResult { error_code: gate, generation_id: -1, member_id, ..Default::default() };
+            return Reply::Ready(ctx.encode(&join_response(r, v)));
+        }
         let mut g = self.groups.inner.lock().unwrap();
         match g.core.join(jr, runtime::now_ms()) {
             JoinOutcome::Done(r) => {
@@ -309,6 +354,10 @@ impl Broker {
             protocol_name: req.protocol_name.map(|s| s.to_string()),
             assignments: req.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect(),
         };
+        let gate = self.coordinator_gate(&sr.group_id);
+        if gate != errors::NONE {
+            return Reply::Ready(ctx.encode(&sync_response(SyncResult { error_code: gate, ..Default::default() }, v)));
+        }
         let mut g = self.groups.inner.lock().unwrap();
         match g.core.sync(sr, runtime::now_ms()) {
             SyncOutcome::Done(r) => {
@@ -332,12 +381,17 @@ impl Broker {
 
     /// Heartbeat.
     pub(super) fn heartbeat(self: &Arc<Self>, req: HeartbeatRequest, ctx: &RequestContext) -> Bytes {
-        let code = self.groups.inner.lock().unwrap().core.heartbeat(
-            &req.group_id.0,
-            &req.member_id,
-            req.generation_id,
-            runtime::now_ms(),
-        );
+        let gate = self.coordinator_gate(&req.group_id.0);
+        let code = if gate != errors::NONE {
+            gate
+        } else {
+            self.groups.inner.lock().unwrap().core.heartbeat(
+                &req.group_id.0,
+                &req.member_id,
+                req.generation_id,
+                runtime::now_ms(),
+            )
+        };
         let mut resp = HeartbeatResponse::default();
         resp.error_code = code;
         ctx.encode(&resp)
@@ -353,6 +407,12 @@ impl Broker {
         } else {
             vec![(req.member_id.to_string(), None)]
         };
+        let gate = self.coordinator_gate(&req.group_id.0);
+        if gate != errors::NONE {
+            let mut resp = LeaveGroupResponse::default();
+            resp.error_code = gate;
+            return ctx.encode(&resp);
+        }
         let codes = {
             let mut g = self.groups.inner.lock().unwrap();
             let codes = g.core.leave(&req.group_id.0, &leaving, runtime::now_ms());
@@ -382,8 +442,13 @@ impl Broker {
     pub(super) fn offset_commit(self: &Arc<Self>, req: OffsetCommitRequest, ctx: RequestContext) -> Reply {
         let group_id = req.group_id.0.to_string();
         let now = runtime::now_ms();
+        let gate = self.coordinator_gate(&group_id);
         let mut g = self.groups.inner.lock().unwrap();
-        let membership = g.core.validate_commit(&group_id, &req.member_id, req.generation_id_or_member_epoch, now);
+        let membership = if gate != errors::NONE {
+            gate
+        } else {
+            g.core.validate_commit(&group_id, &req.member_id, req.generation_id_or_member_epoch, now)
+        };
         let poisoned = g.offsets.is_poisoned();
         let mut held = g.offsets.group_offset_count(&group_id);
         // (topic index, partition index, code); NONE entries are in `commits`, in order.
@@ -420,6 +485,37 @@ impl Broker {
             }
             results.push((t.name.0.clone(), parts));
         }
+        if self.cluster.is_some() && !commits.is_empty() {
+            // Cluster mode: replicate through __consumer_offsets, then update the view.
+            drop(g);
+            let broker = self.clone();
+            return Reply::Wait(Box::pin(async move {
+                let records: Vec<super::offsets_topic::OffsetsRecord> = commits
+                    .iter()
+                    .map(|(topic, partition, value)| super::offsets_topic::OffsetsRecord::Commit {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        value: value.clone(),
+                    })
+                    .collect();
+                let mut code = broker.replicate_offsets_records(&group_id, &records).await;
+                if code == errors::NONE {
+                    // Still coordinating (not unloaded meanwhile): the view takes the commit.
+                    code = broker.coordinator_gate(&group_id);
+                    if code == errors::NONE {
+                        if let Err(e) = broker.groups.inner.lock().unwrap().offsets.commit(&group_id, &commits) {
+                            tracing::error!(group = %group_id, error = %e, "updating the offsets view failed");
+                            code = errors::COORDINATOR_NOT_AVAILABLE;
+                        }
+                    }
+                }
+                let mut results = results;
+                if code != errors::NONE {
+                    fail_accepted_with(&mut results, code);
+                }
+                encode_commit_response(results, &ctx)
+            }));
+        }
         let file = if commits.is_empty() {
             None
         } else {
@@ -433,27 +529,7 @@ impl Broker {
             }
         };
         drop(g);
-        let encode = move |results: Vec<(StrBytes, Vec<(i32, i16)>)>, ctx: &RequestContext| {
-            let mut resp = OffsetCommitResponse::default();
-            resp.topics = results
-                .into_iter()
-                .map(|(name, parts)| {
-                    let mut t = offset_commit_response::OffsetCommitResponseTopic::default();
-                    t.name = name.into();
-                    t.partitions = parts
-                        .into_iter()
-                        .map(|(partition_index, error_code)| {
-                            let mut p = offset_commit_response::OffsetCommitResponsePartition::default();
-                            p.partition_index = partition_index;
-                            p.error_code = error_code;
-                            p
-                        })
-                        .collect();
-                    t
-                })
-                .collect();
-            ctx.encode(&resp)
-        };
+        let encode = encode_commit_response;
         let Some(file) = file else { return Reply::Ready(encode(results, &ctx)) };
         let broker = self.clone();
         Reply::Wait(Box::pin(async move {
@@ -509,6 +585,10 @@ impl Broker {
                         .map(|ts| ts.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect());
                     let mut og = offset_fetch_response::OffsetFetchResponseGroup::default();
                     og.group_id = rg.group_id.clone();
+                    og.error_code = self.coordinator_gate(&rg.group_id.0);
+                    if og.error_code != errors::NONE {
+                        return og;
+                    }
                     og.topics = lookup(&rg.group_id.0, topics)
                         .into_iter()
                         .map(|(name, parts)| {
@@ -531,6 +611,8 @@ impl Broker {
                     og
                 })
                 .collect();
+        } else if self.coordinator_gate(&req.group_id.0) != errors::NONE {
+            resp.error_code = self.coordinator_gate(&req.group_id.0);
         } else {
             let topics = req
                 .topics
@@ -571,6 +653,8 @@ impl Broker {
             all.insert(id, (protocol_type, state));
         }
         drop(g);
+        // Cluster mode: only the groups this broker coordinates (clients ask every broker).
+        all.retain(|id, _| self.coordinator_gate(id) == errors::NONE);
         let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
         let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
         let mut resp = ListGroupsResponse::default();
@@ -605,7 +689,10 @@ impl Broker {
             .map(|id| {
                 let mut d = describe_groups_response::DescribedGroup::default();
                 d.group_id = id.clone();
-                d.error_code = errors::NONE;
+                d.error_code = self.coordinator_gate(&id.0);
+                if d.error_code != errors::NONE {
+                    return d;
+                }
                 match g.core.describe(&id.0) {
                     Some(desc) => {
                         d.group_state = sb(desc.state.name());
@@ -638,43 +725,88 @@ impl Broker {
         ctx.encode(&resp)
     }
 
-    /// DeleteGroups: removes empty groups and their committed offsets.
-    pub(super) fn delete_groups(self: &Arc<Self>, req: DeleteGroupsRequest, ctx: &RequestContext) -> Bytes {
-        let mut g = self.groups.inner.lock().unwrap();
-        let mut resp = DeleteGroupsResponse::default();
-        resp.results = req
-            .groups_names
-            .iter()
-            .map(|id| {
-                let code = match g.core.delete_group(&id.0) {
-                    Err(code) => code,
-                    Ok(known) => match g.offsets.delete_group(&id.0) {
-                        Ok(had_offsets) if known || had_offsets => errors::NONE,
-                        Ok(_) => errors::GROUP_ID_NOT_FOUND,
-                        Err(e) => {
-                            tracing::error!(group = %id.0.as_str(), error = %e, "deleting group offsets failed");
-                            errors::COORDINATOR_NOT_AVAILABLE
+    /// DeleteGroups: removes empty groups and their committed offsets (in cluster mode after
+    /// a deletion record is committed to the group's offsets partition).
+    pub(super) fn delete_groups(self: &Arc<Self>, req: DeleteGroupsRequest, ctx: RequestContext) -> Reply {
+        let b = self.clone();
+        let work = move || async move {
+            let mut results = Vec::new();
+            for id in &req.groups_names {
+                let mut code = b.coordinator_gate(&id.0);
+                if code == errors::NONE {
+                    let known = b.groups.inner.lock().unwrap().core.delete_group(&id.0);
+                    code = match known {
+                        Err(code) => code,
+                        Ok(known) => {
+                            let had_offsets = b.groups.inner.lock().unwrap().offsets.has_group(&id.0);
+                            let replicated = if b.cluster.is_some() && (known || had_offsets) {
+                                b.replicate_offsets_records(&id.0, &[super::offsets_topic::OffsetsRecord::DeleteGroup])
+                                    .await
+                            } else {
+                                errors::NONE
+                            };
+                            if replicated != errors::NONE {
+                                replicated
+                            } else {
+                                match b.groups.inner.lock().unwrap().offsets.delete_group(&id.0) {
+                                    Ok(had) if known || had => errors::NONE,
+                                    Ok(_) => errors::GROUP_ID_NOT_FOUND,
+                                    Err(e) => {
+                                        tracing::error!(group = %id.0.as_str(), error = %e, "deleting group offsets failed");
+                                        errors::COORDINATOR_NOT_AVAILABLE
+                                    }
+                                }
+                            }
                         }
-                    },
-                };
+                    };
+                }
                 let mut r = delete_groups_response::DeletableGroupResult::default();
                 r.group_id = id.clone();
                 r.error_code = code;
-                r
-            })
-            .collect();
-        drop(g);
-        ctx.encode(&resp)
+                results.push(r);
+            }
+            let mut resp = DeleteGroupsResponse::default();
+            resp.results = results;
+            ctx.encode(&resp)
+        };
+        Reply::Wait(Box::pin(work()))
     }
+}
+
+fn encode_commit_response(results: Vec<(StrBytes, Vec<(i32, i16)>)>, ctx: &RequestContext) -> Bytes {
+    let mut resp = OffsetCommitResponse::default();
+    resp.topics = results
+        .into_iter()
+        .map(|(name, parts)| {
+            let mut t = offset_commit_response::OffsetCommitResponseTopic::default();
+            t.name = name.into();
+            t.partitions = parts
+                .into_iter()
+                .map(|(partition_index, error_code)| {
+                    let mut p = offset_commit_response::OffsetCommitResponsePartition::default();
+                    p.partition_index = partition_index;
+                    p.error_code = error_code;
+                    p
+                })
+                .collect();
+            t
+        })
+        .collect();
+    ctx.encode(&resp)
 }
 
 /// Turns every accepted partition of an OffsetCommit answer into COORDINATOR_NOT_AVAILABLE
 /// (the commit could not be made durable).
 fn fail_accepted(results: &mut [(StrBytes, Vec<(i32, i16)>)]) {
+    fail_accepted_with(results, errors::COORDINATOR_NOT_AVAILABLE);
+}
+
+/// Turns every accepted partition of an OffsetCommit answer into `error`.
+fn fail_accepted_with(results: &mut [(StrBytes, Vec<(i32, i16)>)], error: i16) {
     for (_, parts) in results.iter_mut() {
         for (_, code) in parts.iter_mut() {
             if *code == errors::NONE {
-                *code = errors::COORDINATOR_NOT_AVAILABLE;
+                *code = error;
             }
         }
     }

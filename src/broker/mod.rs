@@ -16,6 +16,7 @@ mod admin;
 mod cluster_admin;
 mod data;
 mod group;
+mod offsets_topic;
 mod producer_state;
 mod replica;
 #[cfg(test)]
@@ -263,7 +264,13 @@ impl Broker {
                 (1 << 61) | ((config.node_id() as i64 & 0x3FF) << 50) | ((now & 0xFF_FFFF_FFFF) << 10),
             ),
             shutting_down: AtomicBool::new(false),
-            groups: group::Groups::open(&config, disk.clone(), &data_dir)?,
+            // In cluster mode committed offsets live in the replicated `__consumer_offsets`
+            // topic; the offset store is only the coordinator's in-memory view of it.
+            groups: if config.is_cluster_mode() {
+                group::Groups::open(&config, Arc::new(runtime::MemDisk::new()), &data_dir)?
+            } else {
+                group::Groups::open(&config, disk.clone(), &data_dir)?
+            },
             txns: txn::Txns::open(disk.clone(), &data_dir, now)?,
             cluster: config.is_cluster_mode().then(|| ClusterState {
                 image: RwLock::new(Arc::new(crate::controller::MetadataImage::new())),
@@ -606,7 +613,10 @@ impl Broker {
             ApiKey::DescribeGroups => {
                 self.sync::<DescribeGroupsRequest>(&ctx, frame, |b, r, c| b.describe_groups(r, c))
             }
-            ApiKey::DeleteGroups => self.sync::<DeleteGroupsRequest>(&ctx, frame, |b, r, c| b.delete_groups(r, c)),
+            ApiKey::DeleteGroups => match protocol::decode_body::<DeleteGroupsRequest>(&mut frame, v) {
+                Ok(r) => self.delete_groups(r, ctx),
+                Err(e) => Reply::Close(format!("malformed DeleteGroups v{v}: {e}")),
+            },
             other => Reply::Close(format!("API {other:?} is not served by this broker yet")),
         }
     }

@@ -20,12 +20,16 @@ pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 pub const REQUEST_TIMED_OUT: i16 = 7;
 /// A record batch is larger than max.message.bytes.
 pub const MESSAGE_TOO_LARGE: i16 = 10;
+/// The committed offset's metadata made the commit too large.
+pub const INVALID_COMMIT_OFFSET_SIZE: i16 = 28;
 /// The coordinator is loading.
 pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 /// The coordinator is not available.
 pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 /// This broker is not the coordinator.
 pub const NOT_COORDINATOR: i16 = 16;
+/// The batch is larger than the broker accepts.
+pub const RECORD_LIST_TOO_LARGE: i16 = 18;
 /// The topic name is not valid.
 pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
 /// Below min.insync.replicas.
