@@ -46,6 +46,11 @@ impl BrokerProcess {
         b
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// The bootstrap address.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -115,4 +120,158 @@ pub fn temp_dir(name: &str) -> tempfile::TempDir {
 /// A current-thread tokio runtime for driving the client.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Who opened a connection through a [`Network`] proxy: a cluster node, or anything else (the
+/// test's own clients).
+pub const CLIENT: i32 = 0;
+
+/// Loopback TCP proxies, one per destination address, that can partition the cluster.
+///
+/// Every node-to-node and client-to-node connection of a proxied cluster goes through one of
+/// these (the nodes' `advertised.listeners` and `controller.quorum.voters` name proxy ports).
+/// A proxy identifies which node opened a connection by finding the connecting socket's inode
+/// in `/proc/net/tcp` and the process holding it in `/proc/<pid>/fd` (Linux only), so one proxy
+/// per destination can still cut some sources and not others. A blocked (source, destination)
+/// pair has new connections closed at once and existing ones cut (both sockets closed).
+pub struct Network {
+    state: std::sync::Arc<std::sync::Mutex<NetState>>,
+    changed: tokio::sync::watch::Sender<u64>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+#[derive(Default)]
+struct NetState {
+    /// pid -> node id of the running node processes.
+    pids: std::collections::BTreeMap<u32, i32>,
+    /// Blocked (source, destination) node pairs ([`CLIENT`] as a source: the test's clients).
+    blocked: std::collections::BTreeSet<(i32, i32)>,
+    /// Connections accepted and refused, for the report.
+    accepted: u64,
+    refused: u64,
+}
+
+impl Network {
+    /// An empty network (no proxies yet).
+    pub fn new() -> Network {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        Network { state: Default::default(), changed: tokio::sync::watch::channel(0).0, runtime: Some(runtime) }
+    }
+
+    /// Starts a proxy on a free 127.0.0.1 port forwarding to `target` (a port of node `dest`);
+    /// returns the proxy's port.
+    pub fn proxy(&self, dest: i32, target: u16) -> u16 {
+        let rt = self.runtime.as_ref().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = self.state.clone();
+        let changed = self.changed.subscribe();
+        rt.spawn(async move {
+            loop {
+                let Ok((inbound, peer)) = listener.accept().await else { continue };
+                let source = {
+                    let pids = state.lock().unwrap().pids.clone();
+                    source_node(peer.port(), port, &pids)
+                };
+                {
+                    let mut s = state.lock().unwrap();
+                    if s.blocked.contains(&(source, dest)) {
+                        s.refused += 1;
+                        continue; // dropping `inbound` closes it
+                    }
+                    s.accepted += 1;
+                }
+                let state = state.clone();
+                let mut changed = changed.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let mut inbound = inbound;
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    tokio::pin!(copy);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = &mut copy => return,
+                            r = changed.changed() => {
+                                if r.is_err() || state.lock().unwrap().blocked.contains(&(source, dest)) {
+                                    return; // cut: both sockets close
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// Records that node `id` now runs as process `pid` (after every start).
+    pub fn set_pid(&self, id: i32, pid: u32) {
+        let mut s = self.state.lock().unwrap();
+        s.pids.retain(|_, n| *n != id);
+        s.pids.insert(pid, id);
+    }
+
+    /// Blocks traffic from `from` to `to` (one direction), cutting open connections.
+    pub fn block(&self, from: i32, to: i32) {
+        self.state.lock().unwrap().blocked.insert((from, to));
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Cuts `node` off from the other `nodes` in both directions; with `from_clients` also from
+    /// the test's clients.
+    pub fn isolate(&self, node: i32, nodes: &[i32], from_clients: bool) {
+        for &n in nodes.iter().filter(|n| **n != node) {
+            self.block(node, n);
+            self.block(n, node);
+        }
+        if from_clients {
+            self.block(CLIENT, node);
+        }
+    }
+
+    /// Removes every block.
+    pub fn heal(&self) {
+        self.state.lock().unwrap().blocked.clear();
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// (connections accepted, connections refused) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let s = self.state.lock().unwrap();
+        (s.accepted, s.refused)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The node whose process holds the socket 127.0.0.1:`peer_port` connected to 127.0.0.1:
+/// `proxy_port`, or [`CLIENT`] if it is none of `pids`.
+fn source_node(peer_port: u16, proxy_port: u16, pids: &std::collections::BTreeMap<u32, i32>) -> i32 {
+    let want_local = format!("0100007F:{peer_port:04X}");
+    let want_remote = format!("0100007F:{proxy_port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && f[1] == want_local && f[2] == want_remote).then(|| f[9].to_string())
+    });
+    let Some(inode) = inode else { return CLIENT };
+    let link = format!("socket:[{inode}]");
+    for (pid, node) in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == link.as_str()) {
+                return *node;
+            }
+        }
+    }
+    CLIENT
 }
