@@ -146,9 +146,10 @@ struct NetState {
     pids: std::collections::BTreeMap<u32, i32>,
     /// Blocked (source, destination) node pairs ([`CLIENT`] as a source: the test's clients).
     blocked: std::collections::BTreeSet<(i32, i32)>,
-    /// Connections accepted and refused, for the report.
+    /// Connections accepted, refused from nodes, refused from clients (for the report).
     accepted: u64,
-    refused: u64,
+    refused_from_nodes: u64,
+    refused_from_clients: u64,
 }
 
 impl Network {
@@ -176,7 +177,11 @@ impl Network {
                 {
                     let mut s = state.lock().unwrap();
                     if s.blocked.contains(&(source, dest)) {
-                        s.refused += 1;
+                        if source == CLIENT {
+                            s.refused_from_clients += 1;
+                        } else {
+                            s.refused_from_nodes += 1;
+                        }
                         continue; // dropping `inbound` closes it
                     }
                     s.accepted += 1;
@@ -238,10 +243,10 @@ impl Network {
         self.changed.send_modify(|g| *g += 1);
     }
 
-    /// (connections accepted, connections refused) so far.
-    pub fn counts(&self) -> (u64, u64) {
+    /// Connections (accepted, refused from nodes, refused from clients) so far.
+    pub fn counts(&self) -> (u64, u64, u64) {
         let s = self.state.lock().unwrap();
-        (s.accepted, s.refused)
+        (s.accepted, s.refused_from_nodes, s.refused_from_clients)
     }
 }
 
