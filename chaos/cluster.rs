@@ -10,8 +10,9 @@
 //!   to node) goes through per-destination proxies ([`Network`]); each round isolates the
 //!   partition leader from everyone, or from its peers only (the producing client can still
 //!   reach it), or isolates the active controller from its peers, keeps producing, heals, waits
-//!   until all three replicas are back in the ISR, and checks. `RUNNEL_CHAOS_PARTITION_ROUNDS`
-//!   rounds (3 by default, one of each kind).
+//!   until all three replicas are back in the ISR, and checks. Rounds alternate the fault
+//!   between connection resets and a blackhole (connections stall, only timeouts notice).
+//!   `RUNNEL_CHAOS_PARTITION_ROUNDS` rounds (6 by default: every kind with both faults).
 //!
 //! Each test prints one `chaos summary:` line with what it measured.
 
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use runnel::cli::quorum::describe_quorum;
 use runnel::client::{Client, Compression, ProduceRecord};
 
-use crate::support::{free_port, rt, temp_dir, BrokerProcess, Network};
+use crate::support::{free_port, rt, temp_dir, BrokerProcess, Fault, Network};
 
 const NODES: [i32; 3] = [1, 2, 3];
 
@@ -329,7 +330,7 @@ async fn wait_converged(bootstrap: &str, topic: &str, within: Duration) -> Optio
 #[test]
 fn network_partitions_lose_no_acknowledged_record() {
     let started = Instant::now();
-    let rounds = env_rounds("RUNNEL_CHAOS_PARTITION_ROUNDS", 3);
+    let rounds = env_rounds("RUNNEL_CHAOS_PARTITION_ROUNDS", 6);
     let cluster = Cluster::start("partition", true);
     let rt = rt();
     let topic = "chaos-partition";
@@ -341,6 +342,7 @@ fn network_partitions_lose_no_acknowledged_record() {
     let mut acked_during = 0;
     for round in 0..rounds {
         let kind = [Isolation::LeaderFromAll, Isolation::LeaderFromPeers, Isolation::ControllerFromPeers][round % 3];
+        let fault = if round % 2 == 0 { Fault::Reset } else { Fault::Blackhole };
         let producer =
             spawn_producer(&cluster.bootstrap, topic, round, Duration::from_millis(7000), Duration::from_secs(3));
         std::thread::sleep(Duration::from_millis(1000));
@@ -353,6 +355,7 @@ fn network_partitions_lose_no_acknowledged_record() {
         };
         let net = cluster.net.as_ref().unwrap();
         let refused_from_nodes = net.counts().1;
+        net.set_fault(fault);
         let cut_at = Instant::now();
         net.isolate(target, &NODES, kind == Isolation::LeaderFromAll);
         // Hold the partition well past the broker session timeout (1 s) and a Raft election.
@@ -368,7 +371,7 @@ fn network_partitions_lose_no_acknowledged_record() {
         let leader_during = rt.block_on(leader_of(&majority.join(","), topic));
         // The proxies told node connections from client ones: peers were refused.
         assert!(
-            net.counts().1 > refused_from_nodes,
+            fault == Fault::Blackhole || net.counts().1 > refused_from_nodes,
             "round {round}: no node-to-node connection was refused while node {target} was isolated"
         );
         let healed_at = Instant::now();
@@ -384,18 +387,18 @@ fn network_partitions_lose_no_acknowledged_record() {
         let missing = lost(&acked, &log);
         assert!(
             missing.is_empty(),
-            "round {round} ({kind:?} of node {target}, leader {leader} then {leader_during:?}): {} acknowledged \
+            "round {round} ({kind:?}, {fault:?}, node {target}, leader {leader} then {leader_during:?}): {} acknowledged \
              records lost or moved: {:?}; node logs:\n{}",
             missing.len(),
             &missing[..missing.len().min(20)],
             cluster.logs()
         );
         let Some(took) = converged.map(|at| at.saturating_duration_since(healed_at)) else {
-            panic!("round {round} ({kind:?} of node {target}): the ISR did not return to 3 within 30 s after healing; node logs:\n{}", cluster.logs());
+            panic!("round {round} ({kind:?}, {fault:?}) of node {target}: the ISR did not return to 3 within 30 s after healing; node logs:\n{}", cluster.logs());
         };
         converge_times.push(took);
         eprintln!(
-            "partition round {round}: {kind:?} of node {target} (leader {leader}, during the partition {leader_during:?}), \
+            "partition round {round}: {kind:?} ({fault:?}) of node {target} (leader {leader}, during the partition {leader_during:?}), \
              ISR of 3 again {took:?} after healing"
         );
     }
@@ -404,8 +407,8 @@ fn network_partitions_lose_no_acknowledged_record() {
     eprintln!(
         "chaos summary: partition test: {rounds} rounds, leader moved during {leader_moves} of them, {} records \
          acknowledged ({acked_during} while a node was isolated), 0 lost; ISR of 3 again after healing within \
-         max {:?}; proxies accepted {accepted} connections and refused {refused_nodes} from nodes, {refused_clients} \
-         from clients; took {:?}",
+         max {:?}; proxies accepted {accepted} connections and refused or held {refused_nodes} from nodes, \
+         {refused_clients} from clients; took {:?}",
         acked.len(),
         converge_times.iter().max().copied().unwrap_or_default(),
         started.elapsed()

@@ -126,14 +126,27 @@ pub fn rt() -> tokio::runtime::Runtime {
 /// test's own clients).
 pub const CLIENT: i32 = 0;
 
+/// How a proxy treats a blocked (source, destination) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// New connections are closed at once and open ones are cut (both sockets closed): what a
+    /// peer sees when a host reboots or a firewall sends resets.
+    #[default]
+    Reset,
+    /// Nothing is forwarded and nothing is closed: new connections are accepted and held, open
+    /// ones stall (bytes wait in the proxy and in socket buffers) until the block is lifted,
+    /// like packets dropped by a partition that TCP later retransmits. Only timeouts notice.
+    Blackhole,
+}
+
 /// Loopback TCP proxies, one per destination address, that can partition the cluster.
 ///
 /// Every node-to-node and client-to-node connection of a proxied cluster goes through one of
 /// these (the nodes' `advertised.listeners` and `controller.quorum.voters` name proxy ports).
 /// A proxy identifies which node opened a connection by finding the connecting socket's inode
 /// in `/proc/net/tcp` and the process holding it in `/proc/<pid>/fd` (Linux only), so one proxy
-/// per destination can still cut some sources and not others. A blocked (source, destination)
-/// pair has new connections closed at once and existing ones cut (both sockets closed).
+/// per destination can still cut some sources and not others. Blocked (source, destination)
+/// pairs behave as the current [`Fault`] says.
 pub struct Network {
     state: std::sync::Arc<std::sync::Mutex<NetState>>,
     changed: tokio::sync::watch::Sender<u64>,
@@ -146,10 +159,80 @@ struct NetState {
     pids: std::collections::BTreeMap<u32, i32>,
     /// Blocked (source, destination) node pairs ([`CLIENT`] as a source: the test's clients).
     blocked: std::collections::BTreeSet<(i32, i32)>,
-    /// Connections accepted, refused from nodes, refused from clients (for the report).
+    fault: Fault,
+    /// Connections accepted, and connections refused or held by a block from nodes and from
+    /// clients (for the report).
     accepted: u64,
-    refused_from_nodes: u64,
-    refused_from_clients: u64,
+    blocked_from_nodes: u64,
+    blocked_from_clients: u64,
+}
+
+/// What a proxied connection of one (source, destination) pair may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Open,
+    Cut,
+    Held,
+}
+
+/// One proxied connection's view of the network state.
+#[derive(Clone)]
+struct Link {
+    state: std::sync::Arc<std::sync::Mutex<NetState>>,
+    changed: tokio::sync::watch::Receiver<u64>,
+    source: i32,
+    dest: i32,
+}
+
+impl Link {
+    fn gate(&self) -> Gate {
+        let s = self.state.lock().unwrap();
+        match (s.blocked.contains(&(self.source, self.dest)), s.fault) {
+            (false, _) => Gate::Open,
+            (true, Fault::Reset) => Gate::Cut,
+            (true, Fault::Blackhole) => Gate::Held,
+        }
+    }
+
+    /// Waits while the link is held; false if it is cut (or the network is gone).
+    async fn wait_open(&mut self) -> bool {
+        loop {
+            match self.gate() {
+                Gate::Open => return true,
+                Gate::Cut => return false,
+                Gate::Held => {
+                    if self.changed.changed().await.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves when the link is cut.
+    async fn cut(mut self) {
+        while self.gate() != Gate::Cut {
+            if self.changed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Copies one direction, holding bytes while the link is held.
+async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mut link: Link) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !link.wait_open().await || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Network {
@@ -174,42 +257,46 @@ impl Network {
                     let pids = state.lock().unwrap().pids.clone();
                     source_node(peer.port(), port, &pids)
                 };
+                let mut link = Link { state: state.clone(), changed: changed.clone(), source, dest };
+                let gate = link.gate();
                 {
                     let mut s = state.lock().unwrap();
-                    if s.blocked.contains(&(source, dest)) {
-                        if source == CLIENT {
-                            s.refused_from_clients += 1;
-                        } else {
-                            s.refused_from_nodes += 1;
-                        }
-                        continue; // dropping `inbound` closes it
+                    match (gate, source) {
+                        (Gate::Open, _) => s.accepted += 1,
+                        (_, CLIENT) => s.blocked_from_clients += 1,
+                        _ => s.blocked_from_nodes += 1,
                     }
-                    s.accepted += 1;
                 }
-                let state = state.clone();
-                let mut changed = changed.clone();
+                if gate == Gate::Cut {
+                    continue; // dropping `inbound` closes it
+                }
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    // A held connection is accepted but not forwarded until the block lifts.
+                    if !link.wait_open().await {
+                        return;
+                    }
+                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
                     let _ = inbound.set_nodelay(true);
                     let _ = outbound.set_nodelay(true);
-                    let mut inbound = inbound;
-                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                    tokio::pin!(copy);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            _ = &mut copy => return,
-                            r = changed.changed() => {
-                                if r.is_err() || state.lock().unwrap().blocked.contains(&(source, dest)) {
-                                    return; // cut: both sockets close
-                                }
-                            }
-                        }
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
+                    let forward = pump(in_read, out_write, link.clone());
+                    let backward = pump(out_read, in_write, link.clone());
+                    tokio::select! {
+                        biased;
+                        _ = link.cut() => {} // both sockets close
+                        _ = async { tokio::join!(forward, backward) } => {}
                     }
                 });
             }
         });
         port
+    }
+
+    /// How blocked pairs behave from now on (applies to open connections too).
+    pub fn set_fault(&self, fault: Fault) {
+        self.state.lock().unwrap().fault = fault;
+        self.changed.send_modify(|g| *g += 1);
     }
 
     /// Records that node `id` now runs as process `pid` (after every start).
@@ -219,7 +306,7 @@ impl Network {
         s.pids.insert(pid, id);
     }
 
-    /// Blocks traffic from `from` to `to` (one direction), cutting open connections.
+    /// Blocks connections opened by `from` to `to` (both directions of their bytes).
     pub fn block(&self, from: i32, to: i32) {
         self.state.lock().unwrap().blocked.insert((from, to));
         self.changed.send_modify(|g| *g += 1);
@@ -243,10 +330,10 @@ impl Network {
         self.changed.send_modify(|g| *g += 1);
     }
 
-    /// Connections (accepted, refused from nodes, refused from clients) so far.
+    /// Connections (accepted, refused or held from nodes, refused or held from clients) so far.
     pub fn counts(&self) -> (u64, u64, u64) {
         let s = self.state.lock().unwrap();
-        (s.accepted, s.refused_from_nodes, s.refused_from_clients)
+        (s.accepted, s.blocked_from_nodes, s.blocked_from_clients)
     }
 }
 
