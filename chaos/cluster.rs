@@ -414,3 +414,47 @@ fn network_partitions_lose_no_acknowledged_record() {
         started.elapsed()
     );
 }
+
+// Proves DescribeQuorum works end to end on a real cluster: `runnel quorum describe` prints the
+// leader every broker names, with the three voters, and (when RUNNEL_ACCEPTANCE_PYTHON names a
+// Python with kafka-python >= 3) kafka-python's `describe_metadata_quorum` decodes our answer
+// and agrees.
+#[test]
+fn quorum_is_described_by_the_cli_and_kafka_python() {
+    let cluster = Cluster::start("quorum", false);
+    let rt = rt();
+    let leader = rt.block_on(active_controller(&cluster.bootstrap)).expect("an active controller");
+    for addr in cluster.bootstrap.split(',') {
+        let out = std::process::Command::new(crate::support::runnel_bin())
+            .args(["quorum", "describe", "--status", "--replication", "-b", addr])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "runnel quorum describe -b {addr}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(&format!("LeaderId:               {leader}\n")), "{addr}: {text}");
+        assert!(text.contains("CurrentVoters:          [1,2,3]\n"), "{addr}: {text}");
+        assert!(text.contains("\tLeader\n"), "{addr}: {text}");
+    }
+    let Some(python) = std::env::var_os("RUNNEL_ACCEPTANCE_PYTHON").filter(|p| !p.is_empty()) else {
+        eprintln!("RUNNEL_ACCEPTANCE_PYTHON not set; skipping the kafka-python check");
+        return;
+    };
+    let script = r#"
+import sys
+from kafka.admin import KafkaAdminClient
+if not hasattr(KafkaAdminClient, "describe_metadata_quorum"):
+    print("SKIP"); sys.exit(0)
+a = KafkaAdminClient(bootstrap_servers=sys.argv[1])
+p = a.describe_metadata_quorum()["topics"][0]["partitions"][0]
+print(p["leader_id"], p["leader_epoch"], sorted(v["replica_id"] for v in p["current_voters"]))
+"#;
+    let out = std::process::Command::new(python).args(["-c", script, &cluster.bootstrap]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success(), "kafka-python failed: {}", String::from_utf8_lossy(&out.stderr));
+    if text == "SKIP" {
+        eprintln!("kafka-python has no describe_metadata_quorum; skipping");
+        return;
+    }
+    let want_prefix = format!("{leader} ");
+    assert!(text.starts_with(&want_prefix) && text.ends_with("[1, 2, 3]"), "kafka-python saw {text:?}");
+}
