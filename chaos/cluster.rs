@@ -167,18 +167,19 @@ async fn read_all(bootstrap: &str, topic: &str) -> BTreeMap<i64, Bytes> {
 type Ack = (i64, Bytes, Instant);
 
 /// Produces single-record batches with acks=all for `run`, reconnecting after any error, and
-/// returns what was acknowledged.
+/// returns what was acknowledged and why produce requests failed.
 fn spawn_producer(
     bootstrap: &str,
     topic: &'static str,
     round: usize,
     run: Duration,
     request_timeout: Duration,
-) -> std::thread::JoinHandle<Vec<Ack>> {
+) -> std::thread::JoinHandle<(Vec<Ack>, Vec<String>)> {
     let b = bootstrap.to_string();
     std::thread::spawn(move || {
         crate::support::rt().block_on(async move {
             let mut got = Vec::new();
+            let mut failures = Vec::new();
             let until = Instant::now() + run;
             let mut client: Option<Client> = None;
             let mut i = 0;
@@ -195,13 +196,14 @@ fn spawn_producer(
                 let rec = ProduceRecord { key: None, value: Some(v.clone()), headers: vec![], timestamp_ms: 0 };
                 match c.produce(topic, 0, -1, vec![rec], Compression::None).await {
                     Ok(offset) => got.push((offset, v, Instant::now())),
-                    Err(_) => {
+                    Err(e) => {
+                        failures.push(e.to_string());
                         client = None;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
             }
-            got
+            (got, failures)
         })
     })
 }
@@ -257,7 +259,7 @@ fn leader_and_controller_kills_lose_no_acknowledged_record() {
                 controller_kills += 1;
             }
         }
-        let acks = producer.join().unwrap();
+        let (acks, _) = producer.join().unwrap();
         gaps.push(longest_gap(&acks));
         acked.extend(acks);
         cluster.restart_dead();
@@ -340,6 +342,9 @@ fn network_partitions_lose_no_acknowledged_record() {
     let mut leader_moves = 0;
     let mut converge_times = Vec::new();
     let mut acked_during = 0;
+    // Records the isolated (stale) leader acknowledged to a client that could still reach it.
+    let mut stale_acks = 0;
+    let mut stale_failures = 0;
     for round in 0..rounds {
         let kind = [Isolation::LeaderFromAll, Isolation::LeaderFromPeers, Isolation::ControllerFromPeers][round % 3];
         let fault = if round % 2 == 0 { Fault::Reset } else { Fault::Blackhole };
@@ -358,8 +363,23 @@ fn network_partitions_lose_no_acknowledged_record() {
         net.set_fault(fault);
         let cut_at = Instant::now();
         net.isolate(target, &NODES, kind == Isolation::LeaderFromAll);
+        // When the client can still reach the isolated leader, probe it directly once the
+        // majority has had time to elect a new leader: it still believes it leads, and must not
+        // acknowledge an acks=all record the majority does not have (anything it does
+        // acknowledge joins the checked set).
+        if kind == Isolation::LeaderFromPeers {
+            std::thread::sleep(Duration::from_millis(1200));
+            let stale = cluster.bootstrap.split(',').nth((target - 1) as usize).unwrap().to_string();
+            let probe =
+                spawn_producer(&stale, topic, 1000 + round, Duration::from_millis(1200), Duration::from_secs(1));
+            let (probe_acks, failures) = probe.join().unwrap();
+            stale_acks += probe_acks.len();
+            eprintln!("partition round {round}: probing isolated leader {target} directly: {} acknowledged, failures {failures:?}", probe_acks.len());
+            stale_failures += failures.len();
+            acked.extend(probe_acks);
+        }
         // Hold the partition well past the broker session timeout (1 s) and a Raft election.
-        std::thread::sleep(Duration::from_millis(3000));
+        std::thread::sleep(Duration::from_millis(3000).saturating_sub(cut_at.elapsed()));
         // Who leads now, according to the majority side?
         let majority: Vec<String> = cluster
             .bootstrap
@@ -377,7 +397,7 @@ fn network_partitions_lose_no_acknowledged_record() {
         let healed_at = Instant::now();
         net.heal();
         let converged = rt.block_on(wait_converged(&cluster.bootstrap, topic, Duration::from_secs(30)));
-        let acks = producer.join().unwrap();
+        let (acks, _) = producer.join().unwrap();
         acked_during += acks.iter().filter(|a| a.2 > cut_at && a.2 < healed_at).count();
         if leader_during.is_some_and(|l| l != leader) {
             leader_moves += 1;
@@ -406,7 +426,8 @@ fn network_partitions_lose_no_acknowledged_record() {
     assert!(acked.len() > 100, "only {} records acknowledged: the run proves little", acked.len());
     eprintln!(
         "chaos summary: partition test: {rounds} rounds, leader moved during {leader_moves} of them, {} records \
-         acknowledged ({acked_during} while a node was isolated), 0 lost; ISR of 3 again after healing within \
+         acknowledged ({acked_during} while a node was isolated; {stale_acks} by an isolated leader to a client \
+         probing it directly, {stale_failures} probes refused or timed out), 0 lost; ISR of 3 again after healing within \
          max {:?}; proxies accepted {accepted} connections and refused or held {refused_nodes} from nodes, \
          {refused_clients} from clients; took {:?}",
         acked.len(),
