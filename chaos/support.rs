@@ -112,9 +112,15 @@ impl Drop for BrokerProcess {
     }
 }
 
-/// A fresh temporary directory, removed on drop.
+/// A fresh temporary directory, removed on drop unless `RUNNEL_CHAOS_KEEP` is set (then its
+/// path is printed, to read the node logs after a run).
 pub fn temp_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("runnel-{name}-")).tempdir().unwrap()
+    let keep = std::env::var_os("RUNNEL_CHAOS_KEEP").is_some();
+    let dir = tempfile::Builder::new().prefix(&format!("runnel-{name}-")).disable_cleanup(keep).tempdir().unwrap();
+    if keep {
+        eprintln!("keeping {}", dir.path().display());
+    }
+    dir
 }
 
 /// A current-thread tokio runtime for driving the client.
