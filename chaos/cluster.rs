@@ -306,6 +306,39 @@ enum Isolation {
     ControllerFromPeers,
 }
 
+/// Polls `bootstrap` (the majority side) every 50 ms for `run`: the last leader it named and the
+/// longest stretch in which it named none (or could not answer).
+fn watch_leader(
+    bootstrap: String,
+    topic: &'static str,
+    run: Duration,
+) -> std::thread::JoinHandle<(Option<i32>, Duration)> {
+    std::thread::spawn(move || {
+        crate::support::rt().block_on(async move {
+            let start = Instant::now();
+            let (mut last, mut longest, mut since) = (None, Duration::ZERO, None::<Instant>);
+            while start.elapsed() < run {
+                match leader_of(&bootstrap, topic).await {
+                    Some(l) => {
+                        last = Some(l);
+                        if let Some(s) = since.take() {
+                            longest = longest.max(s.elapsed());
+                        }
+                    }
+                    None => {
+                        since.get_or_insert_with(Instant::now);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if let Some(s) = since {
+                longest = longest.max(s.elapsed());
+            }
+            (last, longest)
+        })
+    })
+}
+
 /// Waits until every node, asked on its own, reports the same leader and leader epoch with all
 /// three replicas in the ISR (a node that was cut off may still serve a stale image); returns
 /// when.
@@ -345,13 +378,24 @@ fn network_partitions_lose_no_acknowledged_record() {
     // Records the isolated (stale) leader acknowledged to a client that could still reach it.
     let mut stale_acks = 0;
     let mut stale_failures = 0;
+    let mut longest_leaderless = Duration::ZERO;
     for round in 0..rounds {
         let kind = [Isolation::LeaderFromAll, Isolation::LeaderFromPeers, Isolation::ControllerFromPeers][round % 3];
         let fault = if round % 2 == 0 { Fault::Reset } else { Fault::Blackhole };
         let producer =
             spawn_producer(&cluster.bootstrap, topic, round, Duration::from_millis(7000), Duration::from_secs(3));
         std::thread::sleep(Duration::from_millis(1000));
-        let leader = rt.block_on(leader_of(&cluster.bootstrap, topic)).expect("a leader before the partition");
+        let leader = rt
+            .block_on(async {
+                for _ in 0..50 {
+                    if let Some(l) = leader_of(&cluster.bootstrap, topic).await {
+                        return Some(l);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None
+            })
+            .expect("a leader before the partition");
         let target = match kind {
             Isolation::ControllerFromPeers => {
                 rt.block_on(active_controller(&cluster.bootstrap)).expect("an active controller")
@@ -363,6 +407,14 @@ fn network_partitions_lose_no_acknowledged_record() {
         net.set_fault(fault);
         let cut_at = Instant::now();
         net.isolate(target, &NODES, kind == Isolation::LeaderFromAll);
+        let majority: Vec<String> = cluster
+            .bootstrap
+            .split(',')
+            .enumerate()
+            .filter(|(i, _)| NODES[*i] != target)
+            .map(|(_, a)| a.to_string())
+            .collect();
+        let watcher = watch_leader(majority.join(","), topic, Duration::from_millis(2900));
         // When the client can still reach the isolated leader, probe it directly once the
         // majority has had time to elect a new leader: it still believes it leads, and must not
         // acknowledge an acks=all record the majority does not have (anything it does
@@ -380,15 +432,9 @@ fn network_partitions_lose_no_acknowledged_record() {
         }
         // Hold the partition well past the broker session timeout (1 s) and a Raft election.
         std::thread::sleep(Duration::from_millis(3000).saturating_sub(cut_at.elapsed()));
-        // Who leads now, according to the majority side?
-        let majority: Vec<String> = cluster
-            .bootstrap
-            .split(',')
-            .enumerate()
-            .filter(|(i, _)| NODES[*i] != target)
-            .map(|(_, a)| a.to_string())
-            .collect();
-        let leader_during = rt.block_on(leader_of(&majority.join(","), topic));
+        // Who led, according to the majority side, and how long it had no leader.
+        let (leader_during, leaderless) = watcher.join().unwrap();
+        longest_leaderless = longest_leaderless.max(leaderless);
         // The proxies told node connections from client ones: peers were refused.
         assert!(
             fault == Fault::Blackhole || net.counts().1 > refused_from_nodes,
@@ -419,7 +465,7 @@ fn network_partitions_lose_no_acknowledged_record() {
         converge_times.push(took);
         eprintln!(
             "partition round {round}: {kind:?} ({fault:?}) of node {target} (leader {leader}, during the partition {leader_during:?}), \
-             ISR of 3 again {took:?} after healing"
+             longest without a leader on the majority side {leaderless:?}, ISR of 3 again {took:?} after healing"
         );
     }
     let (accepted, refused_nodes, refused_clients) = cluster.net.as_ref().unwrap().counts();
@@ -427,7 +473,8 @@ fn network_partitions_lose_no_acknowledged_record() {
     eprintln!(
         "chaos summary: partition test: {rounds} rounds, leader moved during {leader_moves} of them, {} records \
          acknowledged ({acked_during} while a node was isolated; {stale_acks} by an isolated leader to a client \
-         probing it directly, {stale_failures} probes refused or timed out), 0 lost; ISR of 3 again after healing within \
+         probing it directly, {stale_failures} probes refused or timed out), 0 lost; longest stretch without a \
+         leader on the majority side {longest_leaderless:?}; ISR of 3 again after healing within \
          max {:?}; proxies accepted {accepted} connections and refused or held {refused_nodes} from nodes, \
          {refused_clients} from clients; took {:?}",
         acked.len(),
