@@ -426,7 +426,11 @@ fn network_partitions_lose_no_acknowledged_record() {
                 spawn_producer(&stale, topic, 1000 + round, Duration::from_millis(1200), Duration::from_secs(1));
             let (probe_acks, failures) = probe.join().unwrap();
             stale_acks += probe_acks.len();
-            eprintln!("partition round {round}: probing isolated leader {target} directly: {} acknowledged, failures {failures:?}", probe_acks.len());
+            eprintln!(
+                "partition round {round}: probing isolated leader {target} directly: {} acknowledged, \
+                 failures {failures:?}",
+                probe_acks.len()
+            );
             stale_failures += failures.len();
             acked.extend(probe_acks);
         }
@@ -453,19 +457,24 @@ fn network_partitions_lose_no_acknowledged_record() {
         let missing = lost(&acked, &log);
         assert!(
             missing.is_empty(),
-            "round {round} ({kind:?}, {fault:?}, node {target}, leader {leader} then {leader_during:?}): {} acknowledged \
-             records lost or moved: {:?}; node logs:\n{}",
+            "round {round} ({kind:?}, {fault:?}, node {target}, leader {leader} then {leader_during:?}): \
+             {} acknowledged records lost or moved: {:?}; node logs:\n{}",
             missing.len(),
             &missing[..missing.len().min(20)],
             cluster.logs()
         );
         let Some(took) = converged.map(|at| at.saturating_duration_since(healed_at)) else {
-            panic!("round {round} ({kind:?}, {fault:?}) of node {target}: the ISR did not return to 3 within 30 s after healing; node logs:\n{}", cluster.logs());
+            panic!(
+                "round {round} ({kind:?}, {fault:?}) of node {target}: the ISR did not return to 3 within 30 s \
+                 after healing; node logs:\n{}",
+                cluster.logs()
+            );
         };
         converge_times.push(took);
         eprintln!(
-            "partition round {round}: {kind:?} ({fault:?}) of node {target} (leader {leader}, during the partition {leader_during:?}), \
-             longest without a leader on the majority side {leaderless:?}, ISR of 3 again {took:?} after healing"
+            "partition round {round}: {kind:?} ({fault:?}) of node {target} (leader {leader}, during the \
+             partition {leader_during:?}), longest without a leader on the majority side {leaderless:?}, ISR of 3 \
+             again {took:?} after healing"
         );
     }
     let (accepted, refused_nodes, refused_clients) = cluster.net.as_ref().unwrap().counts();

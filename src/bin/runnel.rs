@@ -1,5 +1,5 @@
-//! The `runnel` command: `broker` starts a node; `topics`, `produce`, `consume`, `perf` and `quorum` are
-//! clients of a running broker.
+//! The `runnel` command: `broker` starts a node; `topics`, `produce`, `consume`, `perf` and
+//! `quorum` are clients of a running broker.
 
 use std::sync::Arc;
 
