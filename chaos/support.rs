@@ -166,9 +166,10 @@ struct NetState {
     /// Blocked (source, destination) node pairs ([`CLIENT`] as a source: the test's clients).
     blocked: std::collections::BTreeSet<(i32, i32)>,
     fault: Fault,
-    /// Connections accepted, and connections refused or held by a block from nodes and from
-    /// clients (for the report).
-    accepted: u64,
+    /// Connections accepted from nodes and from clients, and connections refused or held by a
+    /// block from nodes and from clients (for the report).
+    accepted_from_nodes: u64,
+    accepted_from_clients: u64,
     blocked_from_nodes: u64,
     blocked_from_clients: u64,
 }
@@ -268,7 +269,8 @@ impl Network {
                 {
                     let mut s = state.lock().unwrap();
                     match (gate, source) {
-                        (Gate::Open, _) => s.accepted += 1,
+                        (Gate::Open, CLIENT) => s.accepted_from_clients += 1,
+                        (Gate::Open, _) => s.accepted_from_nodes += 1,
                         (_, CLIENT) => s.blocked_from_clients += 1,
                         _ => s.blocked_from_nodes += 1,
                     }
@@ -336,10 +338,11 @@ impl Network {
         self.changed.send_modify(|g| *g += 1);
     }
 
-    /// Connections (accepted, refused or held from nodes, refused or held from clients) so far.
-    pub fn counts(&self) -> (u64, u64, u64) {
+    /// Connections so far: (accepted from nodes, refused or held from nodes, accepted from
+    /// clients, refused or held from clients).
+    pub fn counts(&self) -> (u64, u64, u64, u64) {
         let s = self.state.lock().unwrap();
-        (s.accepted, s.blocked_from_nodes, s.blocked_from_clients)
+        (s.accepted_from_nodes, s.blocked_from_nodes, s.accepted_from_clients, s.blocked_from_clients)
     }
 }
 
