@@ -9,10 +9,11 @@
 //! - `network_partitions_lose_no_acknowledged_record`: every connection (node to node, client
 //!   to node) goes through per-destination proxies ([`Network`]); each round isolates the
 //!   partition leader from everyone, or from its peers only (the producing client can still
-//!   reach it), or isolates the active controller from its peers, keeps producing, heals, waits
-//!   until all three replicas are back in the ISR, and checks. Rounds alternate the fault
-//!   between connection resets and a blackhole (connections stall, only timeouts notice).
-//!   `RUNNEL_CHAOS_PARTITION_ROUNDS` rounds (6 by default: every kind with both faults).
+//!   reach it), or isolates the active controller from its peers, or cuts the leader one way
+//!   (peers cannot reach it, it reaches them), keeps producing, heals, waits until all three
+//!   replicas are back in the ISR, and checks. Rounds alternate the fault between connection
+//!   resets and a blackhole (connections stall, only timeouts notice).
+//!   `RUNNEL_CHAOS_PARTITION_ROUNDS` rounds (8 by default: every kind with both faults).
 //!
 //! Each test prints one `chaos summary:` line with what it measured.
 
@@ -304,6 +305,10 @@ enum Isolation {
     LeaderFromPeers,
     /// The active controller from its peers only.
     ControllerFromPeers,
+    /// One way: the peers cannot open connections to the partition leader (no replica fetches,
+    /// no Raft messages to it), while its own connections to them (heartbeats, metadata, Raft
+    /// messages from it) and the clients' connections still work.
+    LeaderUnreachableFromPeers,
 }
 
 /// Polls `bootstrap` (the majority side) every 50 ms for `run`: the last leader it named and the
@@ -359,13 +364,13 @@ async fn wait_converged(bootstrap: &str, topic: &str, within: Duration) -> Optio
 }
 
 // Proves that isolating one node through the proxies (the partition leader from everyone, the
-// leader from its peers while the client still reaches it, or the active controller from its
-// peers) under acks=all load loses no acknowledged record, and that after healing all three
+// leader from its peers while the client still reaches it, the active controller from its
+// peers, or the leader one way) under acks=all load loses no acknowledged record, and that after healing all three
 // replicas return to the ISR.
 #[test]
 fn network_partitions_lose_no_acknowledged_record() {
     let started = Instant::now();
-    let rounds = env_rounds("RUNNEL_CHAOS_PARTITION_ROUNDS", 6);
+    let rounds = env_rounds("RUNNEL_CHAOS_PARTITION_ROUNDS", 8);
     let cluster = Cluster::start("partition", true);
     let rt = rt();
     let topic = "chaos-partition";
@@ -380,8 +385,14 @@ fn network_partitions_lose_no_acknowledged_record() {
     let mut stale_failures = 0;
     let mut longest_leaderless = Duration::ZERO;
     for round in 0..rounds {
-        let kind = [Isolation::LeaderFromAll, Isolation::LeaderFromPeers, Isolation::ControllerFromPeers][round % 3];
-        let fault = if round % 2 == 0 { Fault::Reset } else { Fault::Blackhole };
+        let kind = [
+            Isolation::LeaderFromAll,
+            Isolation::LeaderFromPeers,
+            Isolation::ControllerFromPeers,
+            Isolation::LeaderUnreachableFromPeers,
+        ][round % 4];
+        // Every kind meets both faults within eight rounds.
+        let fault = if (round + round / 4) % 2 == 0 { Fault::Reset } else { Fault::Blackhole };
         let producer =
             spawn_producer(&cluster.bootstrap, topic, round, Duration::from_millis(7000), Duration::from_secs(3));
         std::thread::sleep(Duration::from_millis(1000));
@@ -406,7 +417,13 @@ fn network_partitions_lose_no_acknowledged_record() {
         let refused_from_nodes = net.counts().1;
         net.set_fault(fault);
         let cut_at = Instant::now();
-        net.isolate(target, &NODES, kind == Isolation::LeaderFromAll);
+        if kind == Isolation::LeaderUnreachableFromPeers {
+            for &n in NODES.iter().filter(|n| **n != target) {
+                net.block(n, target);
+            }
+        } else {
+            net.isolate(target, &NODES, kind == Isolation::LeaderFromAll);
+        }
         let majority: Vec<String> = cluster
             .bootstrap
             .split(',')
