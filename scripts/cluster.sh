@@ -2,7 +2,8 @@
 # Runs a local cluster of N combined broker+controller processes on 127.0.0.1.
 #   scripts/cluster.sh start [N]    # brokers on 9092, 9093, ...; controllers on 19092, 19093, ...
 #   scripts/cluster.sh stop         # SIGTERM (controlled shutdown), then wait
-#   scripts/cluster.sh status
+#   scripts/cluster.sh status       # processes, then the controller quorum (runnel quorum describe)
+#   scripts/cluster.sh quorum       # the controller quorum with per-voter replication state
 # Data and logs live under ${RUNNEL_CLUSTER_DIR:-./runnel-cluster}/node-<id>{,.log}.
 # Topics default to replication factor min(3, N) and min.insync.replicas min(2, N).
 set -euo pipefail
@@ -18,6 +19,14 @@ voters() {
   local v="" i
   for i in $(seq 1 "$1"); do v+="${v:+,}$i@127.0.0.1:$((CONTROLLER_BASE + i - 1))"; done
   echo "$v"
+}
+
+# Every broker of the running cluster, for clients (size recorded by start).
+bootstrap() {
+  local n i b=""
+  n=$(cat "$DIR/size" 2>/dev/null || echo 3)
+  for i in $(seq 1 "$n"); do b+="${b:+,}127.0.0.1:$((BROKER_BASE + i - 1))"; done
+  echo "$b"
 }
 
 case $cmd in
@@ -73,6 +82,10 @@ case $cmd in
       id=$(basename "$f" .pid); pid=$(cat "$f")
       if kill -0 "$pid" 2>/dev/null; then echo "$id: running (pid $pid)"; else echo "$id: stopped"; fi
     done
+    "$BIN" quorum describe -b "$(bootstrap)" || echo "controller quorum: no answer"
     ;;
-  *) echo "usage: $0 start [N] | stop | status" >&2; exit 2 ;;
+  quorum)
+    "$BIN" quorum describe --status --replication -b "$(bootstrap)"
+    ;;
+  *) echo "usage: $0 start [N] | stop | status | quorum" >&2; exit 2 ;;
 esac

@@ -1,5 +1,5 @@
-//! The `runnel` command: `broker` starts a node; `topics`, `produce`, `consume` and `perf` are
-//! clients of a running broker.
+//! The `runnel` command: `broker` starts a node; `topics`, `produce`, `consume`, `perf` and
+//! `quorum` are clients of a running broker.
 
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ commands:
   produce  --topic T                      write lines from stdin as records
   consume  --topic T                      print records
   perf     produce|consume                measure throughput and latency
+  quorum   describe                       the controller quorum: leader, epoch, voters
 
 Run `runnel <command> --help` for a command's options.";
 
@@ -85,9 +86,10 @@ async fn main() {
     let rest = &args[1..];
     let code = match cmd.as_str() {
         "broker" => run_broker(rest).await,
-        "topics" | "produce" | "consume" | "perf" => {
+        "topics" | "produce" | "consume" | "perf" | "quorum" => {
             let r = match cmd.as_str() {
                 "topics" => runnel::cli::topics(rest).await,
+                "quorum" => runnel::cli::quorum(rest).await,
                 "produce" => runnel::cli::produce(rest).await,
                 "consume" => runnel::cli::consume(rest).await,
                 _ => runnel::cli::perf(rest).await,

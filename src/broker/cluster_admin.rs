@@ -9,13 +9,29 @@ use bytes::Bytes;
 use kafka_protocol::messages::*;
 
 use super::{Broker, Reply, RequestContext};
-use crate::cluster::rpc::ControllerRequest;
+use crate::cluster::rpc::{ControllerRequest, ControllerResponse, VoterState};
 use crate::config::validate_topic_config;
 use crate::controller::metadata::{BrokerRegistration, NO_LEADER};
 use crate::controller::MetadataImage;
 use crate::protocol::{errors, str_bytes, validate_topic_name};
 
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+/// The metadata log's topic and partition, as Kafka names them in DescribeQuorum.
+pub const METADATA_TOPIC: &str = "__cluster_metadata";
+/// See [`METADATA_TOPIC`].
+pub const METADATA_PARTITION: i32 = 0;
+/// The listener name DescribeQuorum v2 gives the voters' addresses from
+/// `controller.quorum.voters`.
+const CONTROLLER_LISTENER_NAME: &str = "CONTROLLER";
+
+fn replica_state(v: &VoterState) -> describe_quorum_response::ReplicaState {
+    let mut r = describe_quorum_response::ReplicaState::default();
+    r.replica_id = BrokerId(v.replica_id);
+    r.log_end_offset = v.log_end_offset;
+    r.last_fetch_timestamp = v.last_fetch_timestamp;
+    r.last_caught_up_timestamp = v.last_caught_up_timestamp;
+    r
+}
 
 /// One resource of an AlterConfigs request: (resource type, name, the complete new override
 /// set or why it is invalid).
@@ -167,6 +183,78 @@ impl Broker {
             resp.brokers.push(db);
         }
         ctx.encode(&resp)
+    }
+
+    /// DescribeQuorum (KIP-595/KIP-836): forwarded to the active controller, which answers with
+    /// its term, applied metadata offset and what it knows of each voter. Like Kafka, only the
+    /// metadata partition `__cluster_metadata`-0 exists (anything else is
+    /// UNKNOWN_TOPIC_OR_PARTITION at the top level), and a quorum without a reachable leader is
+    /// NOT_LEADER_OR_FOLLOWER (retriable) on the partition. A standalone node has no quorum.
+    pub(super) fn describe_quorum(self: &Arc<Self>, req: DescribeQuorumRequest, ctx: RequestContext) -> Reply {
+        let asks_metadata_partition = matches!(req.topics.as_slice(), [t]
+            if t.topic_name.as_str() == METADATA_TOPIC
+                && matches!(t.partitions.as_slice(), [p] if p.partition_index == METADATA_PARTITION));
+        if self.cluster.is_none() || !asks_metadata_partition {
+            let mut resp = DescribeQuorumResponse::default();
+            resp.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
+            if ctx.version >= 2 {
+                let why = if asks_metadata_partition {
+                    "this node runs standalone: it has no controller quorum"
+                } else {
+                    "only __cluster_metadata-0 can be described"
+                };
+                resp.error_message = Some(str_bytes(why));
+            }
+            return Reply::Ready(ctx.encode(&resp));
+        }
+        let b = self.clone();
+        Reply::Wait(Box::pin(async move {
+            let answer = match b.cluster.as_ref() {
+                Some(c) => c.controller.lock().await.call(&ControllerRequest::DescribeQuorum).await.ok(),
+                None => None,
+            };
+            ctx.encode(&b.describe_quorum_response(answer, ctx.version))
+        }))
+    }
+
+    fn describe_quorum_response(&self, answer: Option<ControllerResponse>, version: i16) -> DescribeQuorumResponse {
+        let mut part = describe_quorum_response::PartitionData::default();
+        part.partition_index = METADATA_PARTITION;
+        match answer {
+            Some(ControllerResponse::Quorum { leader_id, leader_epoch, high_watermark, voters }) => {
+                part.leader_id = BrokerId(leader_id);
+                part.leader_epoch = leader_epoch;
+                part.high_watermark = high_watermark;
+                part.current_voters = voters.iter().map(replica_state).collect();
+            }
+            _ => {
+                part.error_code = errors::NOT_LEADER_OR_FOLLOWER;
+                part.leader_id = BrokerId(-1);
+                part.leader_epoch = -1;
+                part.high_watermark = -1;
+                if version >= 2 {
+                    part.error_message = Some(str_bytes("no active controller reachable from this broker"));
+                }
+            }
+        }
+        let mut topic = describe_quorum_response::TopicData::default();
+        topic.topic_name = TopicName(str_bytes(METADATA_TOPIC));
+        topic.partitions.push(part);
+        let mut resp = DescribeQuorumResponse::default();
+        resp.topics.push(topic);
+        if version >= 2 {
+            for v in self.config().controller_quorum_voters() {
+                let mut l = describe_quorum_response::Listener::default();
+                l.name = str_bytes(CONTROLLER_LISTENER_NAME);
+                l.host = str_bytes(&v.host);
+                l.port = v.port;
+                let mut n = describe_quorum_response::Node::default();
+                n.node_id = BrokerId(v.id);
+                n.listeners.push(l);
+                resp.nodes.push(n);
+            }
+        }
+        resp
     }
 
     /// CreateTopics in cluster mode.
@@ -354,5 +442,86 @@ impl Broker {
             }
         }
         Ok(overrides)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use kafka_protocol::protocol::{Decodable, Encodable};
+
+    use super::*;
+    use crate::broker::testkit::{call, open_broker};
+    use crate::runtime::MemDisk;
+
+    fn request(topic: &str, partition: i32) -> DescribeQuorumRequest {
+        let mut p = describe_quorum_request::PartitionData::default();
+        p.partition_index = partition;
+        let mut t = describe_quorum_request::TopicData::default();
+        t.topic_name = TopicName(str_bytes(topic));
+        t.partitions.push(p);
+        let mut r = DescribeQuorumRequest::default();
+        r.topics.push(t);
+        r
+    }
+
+    // Proves a standalone node answers DescribeQuorum at every served version with a decodable
+    // UNKNOWN_TOPIC_OR_PARTITION (it has no quorum) instead of closing the connection.
+    #[tokio::test]
+    async fn standalone_answers_unknown_partition_at_every_version() {
+        let b = open_broker(&MemDisk::new());
+        for v in 0..=2 {
+            let resp: DescribeQuorumResponse =
+                call(&b, ApiKey::DescribeQuorum, v, &request(METADATA_TOPIC, METADATA_PARTITION)).await;
+            assert_eq!(resp.error_code, errors::UNKNOWN_TOPIC_OR_PARTITION, "v{v}");
+            if v >= 2 {
+                assert!(resp.error_message.is_some_and(|m| m.contains("standalone")), "v{v}");
+            }
+        }
+    }
+
+    // Proves the cluster-mode answer encodes and decodes at v0-v2 (flexible versions, v1
+    // timestamps, v2 nodes) with the leader, epoch, high watermark and voters intact, and that
+    // an unreachable controller is a retriable partition error.
+    #[test]
+    fn quorum_response_round_trips_at_every_version() {
+        let b = crate::broker::testkit::open_broker_with(
+            &MemDisk::new(),
+            &[
+                ("process.roles", "broker,controller"),
+                ("listeners", "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:19092"),
+                ("controller.quorum.voters", "7@127.0.0.1:19092,8@127.0.0.1:19093"),
+            ],
+        );
+        let voter = |id, leo, t| VoterState {
+            replica_id: id,
+            log_end_offset: leo,
+            last_fetch_timestamp: t,
+            last_caught_up_timestamp: t,
+        };
+        let answer = ControllerResponse::Quorum {
+            leader_id: 8,
+            leader_epoch: 4,
+            high_watermark: 42,
+            voters: vec![voter(7, 40, 1000), voter(8, 42, 2000)],
+        };
+        for v in 0..=2i16 {
+            let resp = b.describe_quorum_response(Some(answer.clone()), v);
+            let mut buf = BytesMut::new();
+            resp.encode(&mut buf, v).unwrap();
+            let back = DescribeQuorumResponse::decode(&mut buf.freeze(), v).unwrap();
+            let p = &back.topics[0].partitions[0];
+            assert_eq!(back.topics[0].topic_name.as_str(), METADATA_TOPIC);
+            assert_eq!((p.error_code, p.leader_id.0, p.leader_epoch, p.high_watermark), (0, 8, 4, 42), "v{v}");
+            let leos: Vec<(i32, i64)> = p.current_voters.iter().map(|r| (r.replica_id.0, r.log_end_offset)).collect();
+            assert_eq!(leos, vec![(7, 40), (8, 42)]);
+            let fetched = p.current_voters[0].last_fetch_timestamp;
+            assert_eq!(fetched, if v >= 1 { 1000 } else { -1 }, "v{v}: timestamps exist from v1");
+            let nodes: Vec<(i32, u16)> = back.nodes.iter().map(|n| (n.node_id.0, n.listeners[0].port)).collect();
+            assert_eq!(nodes, if v >= 2 { vec![(7, 19092), (8, 19093)] } else { vec![] }, "v{v}");
+        }
+        let unreachable = b.describe_quorum_response(None, 1);
+        assert_eq!(unreachable.topics[0].partitions[0].error_code, errors::NOT_LEADER_OR_FOLLOWER);
+        assert_eq!(unreachable.topics[0].partitions[0].leader_id.0, -1);
     }
 }

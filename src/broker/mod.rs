@@ -503,6 +503,10 @@ impl Broker {
                 }
             }
             ApiKey::DescribeCluster if self.cluster.is_some() => Reply::Ready(self.describe_cluster_cluster(&ctx)),
+            ApiKey::DescribeQuorum => match protocol::decode_body::<DescribeQuorumRequest>(&mut frame, v) {
+                Ok(r) => self.describe_quorum(r, ctx),
+                Err(e) => Reply::Close(format!("malformed DescribeQuorum v{v}: {e}")),
+            },
             ApiKey::IncrementalAlterConfigs if self.cluster.is_some() => {
                 match protocol::decode_body::<IncrementalAlterConfigsRequest>(&mut frame, v) {
                     Ok(r) => {

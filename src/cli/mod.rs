@@ -1,4 +1,4 @@
-//! Command-line subcommands other than `broker` (topics, produce, consume, perf).
+//! Command-line subcommands other than `broker` (topics, produce, consume, perf, quorum).
 //!
 //! Each entry point takes the arguments after its subcommand word, answers `--help` with its
 //! usage, rejects unknown flags by name, and returns an error (so the binary exits non-zero)
@@ -8,11 +8,13 @@ pub mod args;
 mod consume;
 mod perf;
 mod produce;
+pub mod quorum;
 mod topics;
 
 pub use consume::consume;
 pub use perf::perf;
 pub use produce::produce;
+pub use quorum::quorum;
 pub use topics::topics;
 
 /// Client id the CLI announces to brokers.

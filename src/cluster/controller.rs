@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use super::rpc::{ControllerRequest, ControllerResponse};
+use super::rpc::{ControllerRequest, ControllerResponse, VoterState};
 use super::transport::{read_frame, write_frame};
 use crate::config::{validate_topic_config, BrokerConfig};
 use crate::controller::{
@@ -62,6 +62,9 @@ pub struct ControllerNode {
     inner: Mutex<Inner>,
     applied: watch::Sender<u64>,
     peers: BTreeMap<u64, mpsc::Sender<Bytes>>,
+    /// What this node last heard from each peer voter, for DescribeQuorum (only meaningful
+    /// while this node leads: followers' append responses carry their matched offset).
+    voter_progress: Mutex<BTreeMap<u64, VoterState>>,
 }
 
 /// Errors starting a controller.
@@ -122,6 +125,7 @@ impl ControllerNode {
             }),
             applied,
             peers,
+            voter_progress: Mutex::new(BTreeMap::new()),
         });
         for (addr, rx) in peer_tasks {
             tokio::spawn(peer_sender(addr, rx));
@@ -339,6 +343,7 @@ impl ControllerNode {
                 match decode_message(&message) {
                     Ok(msg) => {
                         let mut inner = self.inner.lock().unwrap();
+                        self.note_voter_message(&inner, &msg);
                         if let Err(e) = inner.quorum.step(msg) {
                             tracing::debug!(error = %e, "raft step refused a message");
                         }
@@ -355,6 +360,63 @@ impl ControllerNode {
             write_frame(wr, &resp.encode(cid)).await?;
         }
         Ok(())
+    }
+
+    /// Records what a Raft message says about its sender's progress (for DescribeQuorum).
+    fn note_voter_message(&self, inner: &Inner, msg: &raft::eraftpb::Message) {
+        let now = runtime::now_ms();
+        let mut progress = self.voter_progress.lock().unwrap();
+        let v = progress.entry(msg.from).or_insert(VoterState {
+            replica_id: msg.from as i32,
+            log_end_offset: -1,
+            last_fetch_timestamp: -1,
+            last_caught_up_timestamp: -1,
+        });
+        v.last_fetch_timestamp = now;
+        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgAppendResponse && !msg.reject {
+            v.log_end_offset = v.log_end_offset.max(msg.index as i64);
+        }
+        if v.log_end_offset >= inner.quorum.applied_index() as i64 {
+            v.last_caught_up_timestamp = now;
+        }
+    }
+
+    /// DescribeQuorum: the leader, its term, its applied offset and what it knows of each voter.
+    fn describe_quorum(&self) -> ControllerResponse {
+        let inner = self.inner.lock().unwrap();
+        if inner.active.is_none() {
+            return Self::not_controller(&inner);
+        }
+        let me = inner.quorum.node_id();
+        let high_watermark = inner.quorum.applied_index() as i64;
+        let now = runtime::now_ms();
+        let progress = self.voter_progress.lock().unwrap();
+        let voters = inner
+            .quorum
+            .voters()
+            .iter()
+            .map(|&id| match progress.get(&id) {
+                _ if id == me => VoterState {
+                    replica_id: id as i32,
+                    log_end_offset: high_watermark,
+                    last_fetch_timestamp: now,
+                    last_caught_up_timestamp: now,
+                },
+                Some(v) => v.clone(),
+                None => VoterState {
+                    replica_id: id as i32,
+                    log_end_offset: -1,
+                    last_fetch_timestamp: -1,
+                    last_caught_up_timestamp: -1,
+                },
+            })
+            .collect();
+        ControllerResponse::Quorum {
+            leader_id: me as i32,
+            leader_epoch: inner.quorum.term().min(i32::MAX as u64) as i32,
+            high_watermark,
+            voters,
+        }
     }
 
     fn not_controller(inner: &Inner) -> ControllerResponse {
@@ -394,6 +456,7 @@ impl ControllerNode {
         let now = runtime::now_ms();
         match req {
             ControllerRequest::Raft { .. } => unreachable!("handled in serve"),
+            ControllerRequest::DescribeQuorum => self.describe_quorum(),
             ControllerRequest::FetchMetadata { from_index, max_wait_ms } => {
                 // Only the active controller serves metadata: a controller that just restarted
                 // replays an old committed prefix, and a broker must never act on a stale image

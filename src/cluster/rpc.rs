@@ -12,6 +12,8 @@ use uuid::Uuid;
 /// Largest controller frame accepted (metadata fetch responses are chunked below this).
 pub const RPC_FRAME_MAX_BYTES: usize = 64 * 1024 * 1024;
 const VERSION: u8 = 1;
+/// Most voters a Quorum response may list (far above any real quorum).
+const VOTERS_IN_FRAME_MAX: usize = 1024;
 
 /// Why a frame could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -119,6 +121,22 @@ pub enum ControllerRequest {
         /// How many.
         count: i32,
     },
+    /// Describe the controller quorum (answered by the active controller; Kafka's
+    /// DescribeQuorum, which brokers forward).
+    DescribeQuorum,
+}
+
+/// One voter's replication state as the active controller sees it (Kafka's `ReplicaState`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoterState {
+    /// The voter's node id.
+    pub replica_id: i32,
+    /// The last metadata log offset the voter acknowledged (-1 unknown).
+    pub log_end_offset: i64,
+    /// When the leader last heard from it, ms since the epoch (-1 unknown).
+    pub last_fetch_timestamp: i64,
+    /// When it was last caught up to the leader, ms since the epoch (-1 unknown).
+    pub last_caught_up_timestamp: i64,
 }
 
 /// A response from the controller quorum.
@@ -156,6 +174,17 @@ pub enum ControllerResponse {
         first: i64,
         /// Count.
         count: i32,
+    },
+    /// The quorum as the active controller sees it.
+    Quorum {
+        /// The active controller (Raft leader).
+        leader_id: i32,
+        /// The Raft term (Kafka's leader epoch of the metadata partition).
+        leader_epoch: i32,
+        /// The committed and applied metadata offset.
+        high_watermark: i64,
+        /// Every voter, the leader included.
+        voters: Vec<VoterState>,
     },
 }
 
@@ -340,6 +369,7 @@ impl ControllerRequest {
                 e.0.put_i32(*broker_id);
                 e.0.put_i32(*count);
             }),
+            ControllerRequest::DescribeQuorum => frame(10, correlation_id, |_| {}),
         }
     }
 
@@ -377,6 +407,7 @@ impl ControllerRequest {
             7 => ControllerRequest::CreatePartitions { name: d.str()?, count: d.i32()?, validate_only: d.bool()? },
             8 => ControllerRequest::AlterTopicConfig { name: d.str()?, configs: d.pairs()?, validate_only: d.bool()? },
             9 => ControllerRequest::AllocateProducerIds { broker_id: d.i32()?, count: d.i32()? },
+            10 => ControllerRequest::DescribeQuorum,
             k => return Err(RpcError::UnknownKind(k)),
         };
         Ok((cid, req))
@@ -412,6 +443,20 @@ impl ControllerResponse {
                 e.0.put_i64(*first);
                 e.0.put_i32(*count);
             }),
+            ControllerResponse::Quorum { leader_id, leader_epoch, high_watermark, voters } => {
+                frame(106, correlation_id, |e| {
+                    e.0.put_i32(*leader_id);
+                    e.0.put_i32(*leader_epoch);
+                    e.0.put_i64(*high_watermark);
+                    e.0.put_u32(voters.len() as u32);
+                    for v in voters {
+                        e.0.put_i32(v.replica_id);
+                        e.0.put_i64(v.log_end_offset);
+                        e.0.put_i64(v.last_fetch_timestamp);
+                        e.0.put_i64(v.last_caught_up_timestamp);
+                    }
+                })
+            }
         }
     }
 
@@ -429,6 +474,21 @@ impl ControllerResponse {
             }
             104 => ControllerResponse::Done { error_code: d.i16()?, message: d.str()? },
             105 => ControllerResponse::ProducerIds { first: d.i64()?, count: d.i32()? },
+            106 => {
+                let (leader_id, leader_epoch, high_watermark) = (d.i32()?, d.i32()?, d.i64()?);
+                let n = d.count(VOTERS_IN_FRAME_MAX)?;
+                let voters = (0..n)
+                    .map(|_| {
+                        Ok(VoterState {
+                            replica_id: d.i32()?,
+                            log_end_offset: d.i64()?,
+                            last_fetch_timestamp: d.i64()?,
+                            last_caught_up_timestamp: d.i64()?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, RpcError>>()?;
+                ControllerResponse::Quorum { leader_id, leader_epoch, high_watermark, voters }
+            }
             k => return Err(RpcError::UnknownKind(k)),
         };
         Ok((cid, resp))
@@ -480,6 +540,7 @@ mod tests {
             ControllerRequest::CreatePartitions { name: "t".into(), count: 5, validate_only: true },
             ControllerRequest::AlterTopicConfig { name: "t".into(), configs: vec![], validate_only: false },
             ControllerRequest::AllocateProducerIds { broker_id: 2, count: 1000 },
+            ControllerRequest::DescribeQuorum,
         ];
         for (i, r) in reqs.into_iter().enumerate() {
             let (cid, back) = ControllerRequest::decode(body(r.encode(i as u32))).unwrap();
@@ -492,6 +553,25 @@ mod tests {
             ControllerResponse::Metadata { applied_index: 9, image: None },
             ControllerResponse::Done { error_code: 36, message: "exists".into() },
             ControllerResponse::ProducerIds { first: 1000, count: 1000 },
+            ControllerResponse::Quorum {
+                leader_id: 2,
+                leader_epoch: 7,
+                high_watermark: 120,
+                voters: vec![
+                    VoterState {
+                        replica_id: 1,
+                        log_end_offset: 118,
+                        last_fetch_timestamp: 5,
+                        last_caught_up_timestamp: 4,
+                    },
+                    VoterState {
+                        replica_id: 2,
+                        log_end_offset: 120,
+                        last_fetch_timestamp: -1,
+                        last_caught_up_timestamp: -1,
+                    },
+                ],
+            },
         ];
         for r in resps {
             assert_eq!(ControllerResponse::decode(body(r.encode(5))).unwrap(), (5, r));
