@@ -49,6 +49,9 @@ if [[ -z ${SKIP_ACCEPTANCE:-} && -n $PY ]]; then
   step "acceptance checks with real clients"
   scripts/acceptance.sh "$PY" basics,badinput,keys,groups,eos
 
+  step "more real clients: aiokafka and kafkajs"
+  scripts/clients.sh "$PY"
+
   step "failover with real clients: 3-node cluster, SIGKILL of the partition leader"
   scripts/failover.sh "$PY"
 fi
