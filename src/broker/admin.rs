@@ -341,14 +341,9 @@ impl Broker {
     }
 
     fn add_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), CreateError> {
-        if self.cluster.is_some() {
-            // The partition table belongs to the controller's metadata log; changing it here
-            // would only change this broker's copy until the next image replaced it.
-            return Err(cerr(
-                errors::INVALID_REQUEST,
-                "adding partitions is not supported in cluster mode yet".to_string(),
-            ));
-        }
+        // Standalone only: in cluster mode CreatePartitions goes to the controller
+        // (`create_partitions_cluster`).
+        debug_assert!(self.cluster.is_none());
         let _guard = self.admin_lock.lock().unwrap();
         let Some(topic) = self.topic(name) else {
             return Err(cerr(errors::UNKNOWN_TOPIC_OR_PARTITION, format!("topic '{name}' does not exist")));

@@ -314,6 +314,46 @@ impl Broker {
         }))
     }
 
+    /// CreatePartitions in cluster mode: forwarded to the controller, answered once this
+    /// broker's metadata image shows the new partition count.
+    pub(super) fn create_partitions_cluster(
+        self: &Arc<Self>,
+        req: CreatePartitionsRequest,
+        ctx: RequestContext,
+    ) -> Reply {
+        let b = self.clone();
+        Reply::Wait(Box::pin(async move {
+            let mut resp = CreatePartitionsResponse::default();
+            for ct in req.topics {
+                let name = ct.name.to_string();
+                let mut r = create_partitions_response::CreatePartitionsTopicResult::default();
+                r.name = ct.name.clone();
+                let (code, msg) = if ct.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+                    (errors::INVALID_REQUEST, "manual replica assignment is not supported yet".to_string())
+                } else if ct.count > crate::limits::TOPIC_PARTITIONS_MAX {
+                    (errors::INVALID_PARTITIONS, format!("at most {} partitions", crate::limits::TOPIC_PARTITIONS_MAX))
+                } else {
+                    let creq = ControllerRequest::CreatePartitions {
+                        name: name.clone(),
+                        count: ct.count,
+                        validate_only: req.validate_only,
+                    };
+                    let (n, count, validate_only) = (name.clone(), ct.count as usize, req.validate_only);
+                    b.forward_admin(creq, move |i| {
+                        validate_only || i.topic_by_name(&n).is_some_and(|t| t.partitions.len() >= count)
+                    })
+                    .await
+                };
+                if code != errors::NONE {
+                    r.error_code = code;
+                    r.error_message = Some(str_bytes(&msg));
+                }
+                resp.results.push(r);
+            }
+            ctx.encode(&resp)
+        }))
+    }
+
     /// DeleteTopics in cluster mode.
     pub(super) fn delete_topics_cluster(self: &Arc<Self>, req: DeleteTopicsRequest, ctx: RequestContext) -> Reply {
         let b = self.clone();

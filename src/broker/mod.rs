@@ -496,6 +496,12 @@ impl Broker {
                     Err(e) => Reply::Close(format!("malformed CreateTopics v{v}: {e}")),
                 }
             }
+            ApiKey::CreatePartitions if self.cluster.is_some() => {
+                match protocol::decode_body::<CreatePartitionsRequest>(&mut frame, v) {
+                    Ok(r) => self.create_partitions_cluster(r, ctx),
+                    Err(e) => Reply::Close(format!("malformed CreatePartitions v{v}: {e}")),
+                }
+            }
             ApiKey::DeleteTopics if self.cluster.is_some() => {
                 match protocol::decode_body::<DeleteTopicsRequest>(&mut frame, v) {
                     Ok(r) => self.delete_topics_cluster(r, ctx),

@@ -18,7 +18,8 @@ commands:
 options:
   -b, --bootstrap-server HOST:PORT   broker to contact (default 127.0.0.1:9092)
   --partitions N                     partitions for create (default 1)
-  --replication-factor N             replication factor for create (default 1)
+  --replication-factor N             replication factor for create (default: the broker's
+                                     default.replication.factor)
   --config k=v                       topic config for create (repeatable)
   --exclude-internal                 list/describe: leave out internal topics
   -h, --help                         this text";
@@ -51,7 +52,7 @@ pub async fn topics(argv: &[String]) -> Result<()> {
                 bail!("topics create takes exactly one topic name");
             };
             let partitions: i32 = p.parse_or("--partitions", 1)?;
-            let rf: i16 = p.parse_or("--replication-factor", 1)?;
+            let rf: i16 = p.parse_or("--replication-factor", -1)?;
             let configs =
                 p.all("--config").iter().map(|c| args::parse_key_value(c, "--config")).collect::<Result<Vec<_>>>()?;
             let mut client = connect(p.bootstrap()).await?;

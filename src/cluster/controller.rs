@@ -655,8 +655,31 @@ impl ControllerNode {
                     done(errors::REQUEST_TIMED_OUT, "config change not committed in time".into())
                 }
             }
-            ControllerRequest::CreatePartitions { .. } => {
-                done(errors::INVALID_REQUEST, "adding partitions is not supported in cluster mode yet".into())
+            ControllerRequest::CreatePartitions { name, count, validate_only } => {
+                {
+                    let mut guard = self.inner.lock().unwrap();
+                    let inner = &mut *guard;
+                    let Inner { quorum, active, .. } = inner;
+                    let Some(active) = active.as_mut() else { return Self::not_controller(inner) };
+                    let records = match active.create_partitions(quorum.image(), &name, count) {
+                        Ok(r) => r,
+                        Err(e) => return done(e.error_code(), e.to_string()),
+                    };
+                    if validate_only {
+                        return done(errors::NONE, String::new());
+                    }
+                    if let Err(resp) = self.propose_all(inner, &records) {
+                        return resp;
+                    }
+                }
+                let grown = |img: &MetadataImage| {
+                    img.topic_by_name(&name).is_some_and(|t| t.partitions.len() >= count as usize)
+                };
+                if self.wait_for(grown).await {
+                    done(errors::NONE, String::new())
+                } else {
+                    done(errors::REQUEST_TIMED_OUT, "partition creation not committed in time".into())
+                }
             }
             ControllerRequest::AllocateProducerIds { broker_id: _, count } => {
                 let (first, next) = {

@@ -60,6 +60,9 @@ pub enum LogicError {
     /// The partition does not exist.
     #[error("unknown partition {0}")]
     UnknownPartition(i32),
+    /// No topic has this name.
+    #[error("topic {0} does not exist")]
+    UnknownTopic(String),
     /// The topic name exists already.
     #[error("topic {0} already exists")]
     TopicAlreadyExists(String),
@@ -125,6 +128,7 @@ impl LogicError {
             LogicError::StaleBrokerEpoch { .. } => STALE_BROKER_EPOCH,
             LogicError::UnknownTopicId(_) => errors::UNKNOWN_TOPIC_ID,
             LogicError::UnknownPartition(_) => errors::UNKNOWN_TOPIC_OR_PARTITION,
+            LogicError::UnknownTopic(_) => errors::UNKNOWN_TOPIC_OR_PARTITION,
             LogicError::TopicAlreadyExists(_) => errors::TOPIC_ALREADY_EXISTS,
             LogicError::InvalidTopicName(_) => errors::INVALID_TOPIC_EXCEPTION,
             LogicError::InvalidPartitions(_) => errors::INVALID_PARTITIONS,
@@ -296,6 +300,33 @@ impl ActiveController {
             .collect();
         let topic_id = self.new_topic_id(image);
         Ok(vec![MetadataRecord::CreateTopic { name: name.to_string(), topic_id, configs, partitions: assignment }])
+    }
+
+    /// Grows topic `name` to `count` partitions (CreatePartitions): the new partitions get the
+    /// replication factor of partition 0, placed round-robin over the unfenced brokers like a
+    /// new topic's.
+    pub fn create_partitions(
+        &mut self,
+        image: &MetadataImage,
+        name: &str,
+        count: i32,
+    ) -> Result<Vec<MetadataRecord>, LogicError> {
+        let topic = image.topic_by_name(name).ok_or_else(|| LogicError::UnknownTopic(name.to_string()))?;
+        let have = topic.partitions.len();
+        if count < 1 || (count as usize) <= have || count as usize > PARTITIONS_PER_TOPIC_MAX {
+            return Err(LogicError::InvalidPartitions(count));
+        }
+        let rf = topic.partitions.get(&0).map_or(1, |p| p.replicas.len());
+        let brokers: Vec<i32> = image.brokers.values().filter(|b| !b.fenced).map(|b| b.broker_id).collect();
+        if rf > brokers.len() {
+            return Err(LogicError::InvalidReplicationFactor { requested: rf as i32, available: brokers.len() });
+        }
+        let start = self.placement_cursor % brokers.len();
+        self.placement_cursor = self.placement_cursor.wrapping_add(1);
+        let partitions = (have..count as usize)
+            .map(|p| (0..rf).map(|r| brokers[(start + p + r) % brokers.len()]).collect())
+            .collect();
+        Ok(vec![MetadataRecord::CreatePartitions { topic_id: topic.topic_id, partitions }])
     }
 
     /// Validates an AlterPartition from a partition leader the way Kafka does and returns the ISR

@@ -97,6 +97,14 @@ pub enum MetadataRecord {
         /// The new partition epoch: exactly the current one + 1.
         partition_epoch: i32,
     },
+    /// Partitions were added to a topic (CreatePartitions): `partitions[i]` is the replica
+    /// list of partition `current count + i`; each starts like a created topic's partition.
+    CreatePartitions {
+        /// The topic.
+        topic_id: Uuid,
+        /// Replica lists of the new partitions, in partition order.
+        partitions: Vec<Vec<i32>>,
+    },
     /// A topic was deleted.
     DeleteTopic {
         /// The topic.
@@ -327,6 +335,9 @@ impl MetadataImage {
             MetadataRecord::PartitionChange { topic_id, partition, leader, isr, leader_epoch, partition_epoch } => {
                 self.apply_partition_change(topic_id, *partition, *leader, isr, *leader_epoch, *partition_epoch)?;
             }
+            MetadataRecord::CreatePartitions { topic_id, partitions } => {
+                self.apply_create_partitions(topic_id, partitions)?;
+            }
             MetadataRecord::DeleteTopic { topic_id } => {
                 let t = self.topics.remove(topic_id).ok_or(ApplyError::UnknownTopic(*topic_id))?;
                 self.topic_ids.remove(&t.name);
@@ -383,6 +394,32 @@ impl MetadataImage {
         let topic = TopicImage { name: name.to_string(), topic_id, configs: configs.clone(), partitions: images };
         self.topic_ids.insert(name.to_string(), topic_id);
         self.topics.insert(topic_id, topic);
+        Ok(())
+    }
+
+    fn apply_create_partitions(&mut self, topic_id: &Uuid, partitions: &[Vec<i32>]) -> Result<(), ApplyError> {
+        let t = self.topics.get(topic_id).ok_or(ApplyError::UnknownTopic(*topic_id))?;
+        let first = t.partitions.len();
+        if partitions.is_empty() || first + partitions.len() > PARTITIONS_PER_TOPIC_MAX {
+            return Err(ApplyError::Invalid(format!("adding {} partitions to {first}", partitions.len())));
+        }
+        for replicas in partitions {
+            check_replica_set(replicas, "replicas")?;
+            if let Some(unknown) = replicas.iter().find(|r| !self.brokers.contains_key(r)) {
+                return Err(ApplyError::UnknownBroker(*unknown));
+            }
+        }
+        let t = self.topics.get_mut(topic_id).expect("checked above");
+        for (i, replicas) in partitions.iter().enumerate() {
+            let part = PartitionImage {
+                replicas: replicas.clone(),
+                leader: replicas[0],
+                isr: replicas.clone(),
+                leader_epoch: 0,
+                partition_epoch: 0,
+            };
+            t.partitions.insert((first + i) as i32, part);
+        }
         Ok(())
     }
 
@@ -573,6 +610,7 @@ const TAG_PARTITION_CHANGE: u8 = 5;
 const TAG_DELETE_TOPIC: u8 = 6;
 const TAG_TOPIC_CONFIG: u8 = 7;
 const TAG_ALLOCATE_PRODUCER_IDS: u8 = 8;
+const TAG_CREATE_PARTITIONS: u8 = 9;
 
 impl MetadataRecord {
     /// Encodes the record: version byte, tag byte, then the fields big-endian; strings and
@@ -615,6 +653,14 @@ impl MetadataRecord {
                 w.i32s(isr);
                 w.i32(*leader_epoch);
                 w.i32(*partition_epoch);
+            }
+            MetadataRecord::CreatePartitions { topic_id, partitions } => {
+                w.u8(TAG_CREATE_PARTITIONS);
+                w.uuid(topic_id);
+                w.u32(partitions.len() as u32);
+                for replicas in partitions {
+                    w.i32s(replicas);
+                }
             }
             MetadataRecord::DeleteTopic { topic_id } => {
                 w.u8(TAG_DELETE_TOPIC);
@@ -672,6 +718,15 @@ impl MetadataRecord {
                 leader_epoch: r.i32()?,
                 partition_epoch: r.i32()?,
             },
+            TAG_CREATE_PARTITIONS => {
+                let topic_id = r.uuid()?;
+                let n = r.count("partitions", PARTITIONS_PER_TOPIC_MAX, 4)?;
+                let mut partitions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    partitions.push(r.i32s("replicas", REPLICAS_PER_PARTITION_MAX)?);
+                }
+                MetadataRecord::CreatePartitions { topic_id, partitions }
+            }
             TAG_DELETE_TOPIC => MetadataRecord::DeleteTopic { topic_id: r.uuid()? },
             TAG_TOPIC_CONFIG => MetadataRecord::TopicConfig { topic_id: r.uuid()?, configs: r.configs()? },
             TAG_ALLOCATE_PRODUCER_IDS => MetadataRecord::AllocateProducerIds { next: r.i64()? },

@@ -66,6 +66,8 @@ fn arb_record() -> impl Strategy<Value = MetadataRecord> {
             .prop_map(|(topic_id, partition, leader, isr, leader_epoch, partition_epoch)| {
                 MetadataRecord::PartitionChange { topic_id, partition, leader, isr, leader_epoch, partition_epoch }
             }),
+        (arb_uuid(), proptest::collection::vec(proptest::collection::vec(any::<i32>(), 0..4), 0..5))
+            .prop_map(|(topic_id, partitions)| MetadataRecord::CreatePartitions { topic_id, partitions }),
         arb_uuid().prop_map(|topic_id| MetadataRecord::DeleteTopic { topic_id }),
         (arb_uuid(), arb_configs()).prop_map(|(topic_id, configs)| MetadataRecord::TopicConfig { topic_id, configs }),
         any::<i64>().prop_map(|next| MetadataRecord::AllocateProducerIds { next }),
@@ -214,6 +216,36 @@ fn create_topic_spreads_replicas_round_robin() {
     assert_eq!(ac.create_topic(&image, "v", 1, 4, BTreeMap::new()).unwrap_err().error_code(), 38);
     assert!(matches!(ac.create_topic(&image, "t", 1, 1, BTreeMap::new()), Err(LogicError::TopicAlreadyExists(_))));
     assert!(matches!(ac.create_topic(&image, "bad/name", 1, 1, BTreeMap::new()), Err(LogicError::InvalidTopicName(_))));
+}
+
+#[test]
+fn create_partitions_grows_a_topic_with_its_replication_factor() {
+    // Proves CreatePartitions adds partitions numbered after the existing ones, with partition
+    // 0's replication factor on unfenced brokers, and refuses shrinking, unknown topics and a
+    // replication factor the unfenced brokers cannot hold.
+    let mut image = MetadataImage::new();
+    register(&mut image, &[1, 2, 3]);
+    let mut ac = ActiveController::new(3);
+    let recs = ac.create_topic(&image, "t", 2, 2, BTreeMap::new()).unwrap();
+    apply_all(&mut image, &recs);
+    let grow = ac.create_partitions(&image, "t", 5).unwrap();
+    let MetadataRecord::CreatePartitions { partitions, .. } = &grow[0] else { panic!("{grow:?}") };
+    assert_eq!(partitions.len(), 3);
+    assert!(partitions.iter().all(|r| r.len() == 2 && r[0] != r[1]));
+    apply_all(&mut image, &grow);
+    let t = image.topic_by_name("t").unwrap().clone();
+    assert_eq!(t.partitions.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    for (i, p) in t.partitions.range(2..) {
+        assert_eq!((p.leader, &p.isr, p.leader_epoch), (p.replicas[0], &p.replicas, 0), "partition {i}");
+    }
+    assert_eq!(ac.create_partitions(&image, "t", 5).unwrap_err().error_code(), 37);
+    assert_eq!(ac.create_partitions(&image, "t", 3).unwrap_err().error_code(), 37);
+    assert_eq!(ac.create_partitions(&image, "nope", 9).unwrap_err().error_code(), 3);
+    image.apply(&MetadataRecord::FenceBroker { broker_id: 2 }).unwrap();
+    image.apply(&MetadataRecord::FenceBroker { broker_id: 3 }).unwrap();
+    assert_eq!(ac.create_partitions(&image, "t", 6).unwrap_err().error_code(), 38);
+    let bad = MetadataRecord::CreatePartitions { topic_id: t.topic_id, partitions: vec![vec![9]] };
+    assert!(image.clone().apply(&bad).is_err(), "an unknown broker is refused");
 }
 
 #[test]
