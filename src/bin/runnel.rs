@@ -1,4 +1,4 @@
-//! The `runnel` command: `broker` starts a node; `topics`, `produce`, `consume`, `perf` and
+//! The `runnel` command: `broker` starts a node; `topics`, `produce`, `consume`, `perf`, `groups` and
 //! `quorum` are clients of a running broker.
 
 use std::sync::Arc;
@@ -17,6 +17,7 @@ commands:
   produce  --topic T                      write lines from stdin as records
   consume  --topic T                      print records
   perf     produce|consume                measure throughput and latency
+  groups   list|describe|delete           consumer groups: members, committed offsets, lag
   quorum   describe                       the controller quorum: leader, epoch, voters
 
 Run `runnel <command> --help` for a command's options.";
@@ -86,9 +87,10 @@ async fn main() {
     let rest = &args[1..];
     let code = match cmd.as_str() {
         "broker" => run_broker(rest).await,
-        "topics" | "produce" | "consume" | "perf" | "quorum" => {
+        "topics" | "produce" | "consume" | "perf" | "quorum" | "groups" => {
             let r = match cmd.as_str() {
                 "topics" => runnel::cli::topics(rest).await,
+                "groups" => runnel::cli::groups(rest).await,
                 "quorum" => runnel::cli::quorum(rest).await,
                 "produce" => runnel::cli::produce(rest).await,
                 "consume" => runnel::cli::consume(rest).await,

@@ -1,4 +1,4 @@
-//! Command-line subcommands other than `broker` (topics, produce, consume, perf, quorum).
+//! Command-line subcommands other than `broker` (topics, produce, consume, perf, groups, quorum).
 //!
 //! Each entry point takes the arguments after its subcommand word, answers `--help` with its
 //! usage, rejects unknown flags by name, and returns an error (so the binary exits non-zero)
@@ -6,12 +6,14 @@
 
 pub mod args;
 mod consume;
+mod groups;
 mod perf;
 mod produce;
 pub mod quorum;
 mod topics;
 
 pub use consume::consume;
+pub use groups::groups;
 pub use perf::perf;
 pub use produce::produce;
 pub use quorum::quorum;
