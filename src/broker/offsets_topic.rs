@@ -20,6 +20,10 @@
 //! after a coordinator move the members rejoin, as they would after Kafka's coordinator
 //! unloads a group.
 //!
+//! Retention: without log compaction the topic keeps records for `offsets.retention.minutes`
+//! (default 7 days, Kafka's expiry for the offsets of an empty group). Unlike Kafka, a group
+//! that is still active but has not committed for that long loses its offsets too.
+//!
 //! Record format (ours, not Kafka's schema): key = group id; value = `1, topic (str16),
 //! partition i32, offset i64, leader_epoch i32, metadata (i32 length, -1 = null), commit_ms
 //! i64` for a commit, `2` for a group deletion.
@@ -132,7 +136,15 @@ impl Broker {
                 name: OFFSETS_TOPIC.to_string(),
                 partitions: b.config().int_value("offsets.topic.num.partitions") as i32,
                 replication_factor: rf,
-                configs: vec![("cleanup.policy".into(), "delete".into())],
+                // No log compaction yet: keep commits for offsets.retention.minutes (Kafka's
+                // expiry of an empty group's offsets); see the module docs.
+                configs: vec![
+                    ("cleanup.policy".into(), "delete".into()),
+                    (
+                        "retention.ms".into(),
+                        (b.config().int_value("offsets.retention.minutes").saturating_mul(60_000)).to_string(),
+                    ),
+                ],
                 validate_only: false,
             };
             let (code, msg) = b.forward_admin(req, |i| i.topic_by_name(OFFSETS_TOPIC).is_some()).await;
