@@ -7,6 +7,7 @@
 
 mod disk;
 mod simdisk;
+pub mod watch;
 
 pub use disk::{Disk, File, MemDisk, StdDisk};
 pub use simdisk::{DiskEvent, SimDisk, SimDiskConfig, SECTOR_BYTES};
