@@ -14,11 +14,11 @@
 //!   with probability `bitflip_per_mille` one bit of the torn region flips.
 //! - Directory operations (create, rename, remove) are durable at once; `sync_dir` is a no-op.
 //!   Missing: lost directory entries of files whose directory was never synced.
-//! - Latency ([`SimDiskLatency`], off by default): the disk is one device queue. Every write,
-//!   fsync and read draws a service time (uniform in half to one and a half times the
-//!   configured mean, times the slow-disk factor of [`SimDisk::set_slow_factor`]) and occupies
-//!   the queue after whatever is already queued, so an fsync completes only once the writes
-//!   queued before it are done. The [`File`] trait is synchronous, so nothing can sleep inside
+//! - Latency ([`SimDiskLatency`], off by default): every write, fsync and read draws a service
+//!   time (uniform in half to one and a half times the configured mean, times the slow-disk
+//!   factor of [`SimDisk::set_slow_factor`]). Writes and fsyncs occupy one device queue after
+//!   whatever is already queued (writeback), so an fsync completes only once the writes queued
+//!   before it are done; reads run beside the queue. The [`File`] trait is synchronous, so nothing can sleep inside
 //!   it: the completion time is left in a thread-local, and `runtime::blocking` (the async
 //!   seam every fsync on the produce and commit paths goes through) sleeps until it with
 //!   madsim's clock. Operations outside that seam (appends and fetch reads, served from the
@@ -154,9 +154,16 @@ impl Shared {
         }
         let us = (mean / 2 + d.rng.below(mean + 1)) * d.slow_factor.max(1) as u64;
         let now = Instant::now();
-        let start = d.busy_until.filter(|&b| b > now).unwrap_or(now);
-        let done = start + Duration::from_micros(us);
-        d.busy_until = Some(done);
+        let done = match kind {
+            // Reads run beside the queue (a device serves reads in parallel with writeback,
+            // and most are page-cache hits): they delay only a caller that waits for them.
+            OpKind::Read => now + Duration::from_micros(us),
+            OpKind::Write | OpKind::Sync => {
+                let done = d.busy_until.filter(|&b| b > now).unwrap_or(now) + Duration::from_micros(us);
+                d.busy_until = Some(done);
+                done
+            }
+        };
         WAIT_UNTIL.with(|w| w.set(Some(w.get().map_or(done, |t| t.max(done)))));
     }
 }
