@@ -475,7 +475,10 @@ pub fn check(entries: &[Entry], live: &Liveness, end_ms: u64) -> Report {
         violations.push("LIVENESS: consumers did not catch up with the high watermark after faults stopped".into());
     }
     if live.group_caught_up == Some(false) {
-        violations.push("LIVENESS: the consumer group did not read every partition to its high watermark after faults stopped".into());
+        violations.push(
+            "LIVENESS: the consumer group did not read every partition to its high watermark after faults stopped"
+                .into(),
+        );
     }
 
     let stats = format!(
@@ -543,8 +546,12 @@ fn check_commits(entries: &[Entry]) -> Vec<String> {
                             // Another commit sent after it (or a failed one whose fate is
                             // unknown) may legitimately be what the read returns.
                             let ambiguous = before.iter().any(|d| {
-                                !std::ptr::eq(*d, *c) && d.sent_ms >= c.sent_ms && d.acked_ms.is_none_or(|a| a >= *sent_ms)
-                            }) || before.iter().any(|d| d.sent_ms < c.sent_ms && d.replied_ms.is_none_or(|r| r > c.sent_ms));
+                                !std::ptr::eq(*d, *c)
+                                    && d.sent_ms >= c.sent_ms
+                                    && d.acked_ms.is_none_or(|a| a >= *sent_ms)
+                            }) || before
+                                .iter()
+                                .any(|d| d.sent_ms < c.sent_ms && d.replied_ms.is_none_or(|r| r > c.sent_ms));
                             if ambiguous {
                                 continue;
                             }

@@ -279,7 +279,9 @@ impl GroupMember {
             .with_topics(
                 by_topic
                     .into_iter()
-                    .map(|(t, parts)| OffsetCommitRequestTopic::default().with_name(topic_name(t)).with_partitions(parts))
+                    .map(|(t, parts)| {
+                        OffsetCommitRequestTopic::default().with_name(topic_name(t)).with_partitions(parts)
+                    })
                     .collect(),
             );
         let resp = self.to_coordinator(client, &req, OFFSET_COMMIT_VERSION, None).await?;
