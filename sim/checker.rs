@@ -462,7 +462,8 @@ pub fn check(entries: &[Entry], live: &Liveness, end_ms: u64) -> Report {
 
     // Committed offsets: a read must return the last acknowledged commit unless another commit
     // of that partition was in flight.
-    violations.extend(check_commits(entries));
+    let (commit_violations, commit_reads_judged) = check_commits(entries);
+    violations.extend(commit_violations);
 
     // Liveness.
     for p in &live.probe_failed {
@@ -481,8 +482,9 @@ pub fn check(entries: &[Entry], live: &Liveness, end_ms: u64) -> Report {
         );
     }
 
+    let joins = entries.iter().filter(|e| matches!(e.event, Event::Join { .. })).count();
     let stats = format!(
-        "{} ops, {acked_all} acks=all records acknowledged, {acked_one} acks=1, {reads} reads, {} crashes, {} fault events",
+        "{} ops, {acked_all} acks=all records acknowledged, {acked_one} acks=1, {reads} reads, {joins} group joins, {commit_reads_judged} committed offsets judged, {} crashes, {} fault events",
         ops.len(),
         faults.crashes.len(),
         faults.events.len()
@@ -496,7 +498,9 @@ struct Commit {
     sent_ms: u64,
     /// When it was acknowledged; `None` while in flight or if it failed (its fate unknown).
     acked_ms: Option<u64>,
-    /// When its reply (ack or failure) came; `None` if none did.
+    /// From when it can no longer be applied: its reply (an ack or a Kafka error), or for a
+    /// commit that timed out or lost its connection (the request may still reach the broker
+    /// and be applied much later) the next broker crash; `None` while it may still apply.
     replied_ms: Option<u64>,
 }
 
@@ -505,10 +509,15 @@ struct Commit {
 /// other commit of the partition was sent after that one (before the read was answered) without
 /// being acknowledged before the read (a failed commit may still have been stored), and no
 /// earlier commit was still unanswered when that one was sent (the broker may have applied the
-/// two in either order). With no acknowledged commit, the read must say "none" (-1) unless some
-/// commit had been sent.
-fn check_commits(entries: &[Entry]) -> Vec<String> {
+/// two in either order; a commit that timed out may reach the broker and be applied any time
+/// until the broker next crashes). With no acknowledged commit, the read must say "none" (-1)
+/// unless some commit had been sent.
+/// Returns the violations and how many partition reads were judged.
+fn check_commits(entries: &[Entry]) -> (Vec<String>, usize) {
+    let mut judged = 0;
     let mut violations = Vec::new();
+    let crashes: Vec<u64> =
+        entries.iter().filter(|e| matches!(e.event, Event::Crash { .. })).map(|e| e.at_ms).collect();
     let mut commits: BTreeMap<u64, (Vec<(i32, i64)>, u64)> = BTreeMap::new();
     let mut by_partition: BTreeMap<i32, Vec<Commit>> = BTreeMap::new();
     let mut index: BTreeMap<(u64, i32), usize> = BTreeMap::new();
@@ -524,11 +533,17 @@ fn check_commits(entries: &[Entry]) -> Vec<String> {
             }
             Event::CommitAck { op } | Event::CommitFail { op, .. } => {
                 let acked = matches!(e.event, Event::CommitAck { .. });
+                let settled_ms = match &e.event {
+                    Event::CommitFail { error, .. } if !error.starts_with("Kafka error") => {
+                        crashes.iter().copied().find(|&c| c >= e.at_ms)
+                    }
+                    _ => Some(e.at_ms),
+                };
                 if let Some((offsets, _)) = commits.get(op) {
                     for &(p, _) in offsets {
                         let i = index[&(*op, p)];
                         let c = &mut by_partition.get_mut(&p).unwrap()[i];
-                        c.replied_ms = Some(e.at_ms);
+                        c.replied_ms = settled_ms;
                         if acked {
                             c.acked_ms = Some(e.at_ms);
                         }
@@ -564,6 +579,7 @@ fn check_commits(entries: &[Entry]) -> Vec<String> {
                             -1
                         }
                     };
+                    judged += 1;
                     if got != want {
                         violations.push(format!(
                             "COMMIT LOST: consumer-{consumer} read committed offset {got} for partition {p} at t={}ms (asked at t={sent_ms}ms); the last acknowledged commit was {want}{}",
@@ -576,5 +592,5 @@ fn check_commits(entries: &[Entry]) -> Vec<String> {
             _ => {}
         }
     }
-    violations
+    (violations, judged)
 }

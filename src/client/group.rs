@@ -140,7 +140,7 @@ impl GroupMember {
     }
 
     /// Sends `req` to the coordinator; forgets it on a coordinator error or a broken connection.
-    async fn to_coordinator<R: Request>(
+    async fn send_to_coordinator<R: Request>(
         &mut self,
         client: &mut Client,
         req: &R,
@@ -201,7 +201,7 @@ impl GroupMember {
                 .with_protocols(vec![JoinGroupRequestProtocol::default()
                     .with_name(StrBytes::from_static_str(RANGE_ASSIGNOR))
                     .with_metadata(subscription.clone())]);
-            let resp = self.to_coordinator(client, &req, JOIN_GROUP_VERSION, Some(join_timeout)).await?;
+            let resp = self.send_to_coordinator(client, &req, JOIN_GROUP_VERSION, Some(join_timeout)).await?;
             if resp.error_code == MEMBER_ID_REQUIRED && attempts == 1 {
                 self.member_id = resp.member_id.to_string();
                 continue;
@@ -239,7 +239,7 @@ impl GroupMember {
             .with_generation_id(self.generation_id)
             .with_member_id(StrBytes::from_string(self.member_id.clone()))
             .with_assignments(assignments);
-        let resp = self.to_coordinator(client, &req, SYNC_GROUP_VERSION, Some(join_timeout)).await?;
+        let resp = self.send_to_coordinator(client, &req, SYNC_GROUP_VERSION, Some(join_timeout)).await?;
         self.check(resp.error_code)?;
         Ok(Assignment {
             generation_id: self.generation_id,
@@ -255,7 +255,7 @@ impl GroupMember {
             .with_group_id(StrBytes::from_string(self.group_id.clone()).into())
             .with_generation_id(self.generation_id)
             .with_member_id(StrBytes::from_string(self.member_id.clone()));
-        let resp = self.to_coordinator(client, &req, HEARTBEAT_VERSION, None).await?;
+        let resp = self.send_to_coordinator(client, &req, HEARTBEAT_VERSION, None).await?;
         self.check(resp.error_code)
     }
 
@@ -284,7 +284,7 @@ impl GroupMember {
                     })
                     .collect(),
             );
-        let resp = self.to_coordinator(client, &req, OFFSET_COMMIT_VERSION, None).await?;
+        let resp = self.send_to_coordinator(client, &req, OFFSET_COMMIT_VERSION, None).await?;
         for t in &resp.topics {
             for p in &t.partitions {
                 self.check(p.error_code)?;
@@ -305,7 +305,7 @@ impl GroupMember {
             .with_topics(Some(vec![OffsetFetchRequestTopic::default()
                 .with_name(topic_name(topic))
                 .with_partition_indexes(partitions.to_vec())]));
-        let resp = self.to_coordinator(client, &req, OFFSET_FETCH_VERSION, None).await?;
+        let resp = self.send_to_coordinator(client, &req, OFFSET_FETCH_VERSION, None).await?;
         self.check(resp.error_code)?;
         let mut out = BTreeMap::new();
         for t in resp.topics.iter().filter(|t| t.name.as_str() == topic) {
@@ -322,7 +322,7 @@ impl GroupMember {
         let req = LeaveGroupRequest::default()
             .with_group_id(StrBytes::from_string(self.group_id.clone()).into())
             .with_member_id(StrBytes::from_string(self.member_id.clone()));
-        let resp = self.to_coordinator(client, &req, LEAVE_GROUP_VERSION, None).await?;
+        let resp = self.send_to_coordinator(client, &req, LEAVE_GROUP_VERSION, None).await?;
         self.member_id.clear();
         self.generation_id = -1;
         self.check(resp.error_code)
