@@ -4,6 +4,9 @@
 //! `cfg(madsim)`. Everything else reaches disks through [`Disk`] / [`File`] and time through
 //! [`now_ms`], so the same code runs on real tokio and inside madsim's simulated cluster
 //! (where a simulated disk with fault injection stands in for [`StdDisk`]).
+//!
+//! [`watch`] replaces `tokio::sync::watch`, whose wake-up order depends on a process-global
+//! counter and so breaks replay; use it for every watch channel.
 
 mod disk;
 mod simdisk;
