@@ -2,9 +2,10 @@
 # Deterministic simulation runner (see docs/SIMULATION.md).
 #
 #   scripts/sim.sh --seeds N [--from S] [--release] [--mix M] [--jobs J]   (SIM_CHUNK=K: K seeds per process)
-#       Sweeps seeds S..S+N-1 of every fault mix (or one mix: crashes, disk, network,
-#       idempotent, mixed, or cluster for the 3-node test), one process per seed batch.
-#       Failing seeds are listed at the end with their replay files.
+#       Sweeps seeds S..S+N-1 of every test (or one mix: crashes, disk, network, idempotent,
+#       mixed, single_node, cluster for the 3-node test, cluster-disk), SIM_CHUNK seeds (default
+#       50) per process; after a failing seed the sweep goes on from the next one. Failing seeds
+#       are listed at the end with their replay files.
 #   scripts/sim.sh --replay FILE [--release]
 #       Replays a schedule file (its seed and mix are inside) with tracing on, stamped with
 #       simulated time (RUNNEL_SIM_LOG overrides the filter).
@@ -44,7 +45,7 @@ simtest() { cargo simtest "${profile[@]}" --test sim "$@"; }
 # (ignored in CI: it still finds open bugs); the other mixes are the swarm's. No mix: every test.
 filter_for() {
   case "$1" in
-    "") echo "" ;;
+    single_node) echo "single_node" ;;
     cluster) echo "cluster::faults" ;;
     cluster-disk) echo "cluster::faults_with_disk_errors" ;;
     *) echo "swarm::$1" ;;
@@ -57,28 +58,40 @@ case "$mode" in
     simtest --no-run >/dev/null 2>&1 || simtest --no-run
     out=$(mktemp)
     start=$(date +%s)
-    # madsim runs seeds from..from+N-1 of each test; a failing seed stops that test's sweep, so
-    # sweep in chunks and keep going after failures. One seed per process by default: state that
-    # leaks between seeds run in one process (std's per-thread hash keys, thread RNGs) can make a
-    # seed fail only after certain others, and such a failure would not replay alone.
-    chunk=${SIM_CHUNK:-1}
-    s=$from
+    # madsim runs seeds from..from+N-1 of a test in one process and stops at the first failing
+    # seed, so sweep in chunks and go on after the failing seed. Seeds run in one process replay
+    # alone (no state leaks between them since runtime::watch, see docs/SIMULATION.md).
+    chunk=${SIM_CHUNK:-50}
     end=$((from + seeds))
     failed=0
-    while [ "$s" -lt "$end" ]; do
-      n=$(( end - s < chunk ? end - s : chunk ))
-      if ! MADSIM_TEST_SEED=$s MADSIM_TEST_NUM=$n ${jobs:+MADSIM_TEST_JOBS=$jobs} \
-          simtest "$(filter_for "$mix")" -- --nocapture ${mix:+$([ "$mix" = cluster-disk ] && echo --ignored)} >>"$out" 2>&1; then
-        failed=1
-      fi
-      s=$((s + n))
+    mixes=${mix:-crashes disk network idempotent mixed single_node cluster}
+    for m in $mixes; do
+      s=$from
+      while [ "$s" -lt "$end" ]; do
+        n=$(( end - s < chunk ? end - s : chunk ))
+        part=$(mktemp)
+        if MADSIM_TEST_SEED=$s MADSIM_TEST_NUM=$n ${jobs:+MADSIM_TEST_JOBS=$jobs} \
+            simtest "$(filter_for "$m")" -- --exact --nocapture $([ "$m" = cluster-disk ] && echo --ignored) >"$part" 2>&1; then
+          s=$((s + n))
+        else
+          bad=$(grep -o "SIM-FAILURE seed=[0-9]*" "$part" | tail -1 | grep -o "[0-9]*$" || true)
+          if [ -z "$bad" ]; then
+            bad=$(grep -o "MADSIM_TEST_SEED=[0-9]*" "$part" | tail -1 | grep -o "[0-9]*$" || true)
+            echo "SIM-FAILURE seed=$bad mix=$m (panic; see the output)" >>"$part"
+          fi
+          if [ -z "$bad" ]; then failed=1; cat "$part" >>"$out"; rm -f "$part"; break; fi
+          s=$((bad + 1))
+        fi
+        cat "$part" >>"$out"
+        rm -f "$part"
+      done
     done
     wall=$(( $(date +%s) - start ))
     runs=$(grep -c "trace hash" "$out" || true)
     sim_s=$(grep -o "simulated [0-9.]*s" "$out" | awk '{gsub("s","",$2); t+=$2} END {printf "%.0f", t}')
     echo "seeds $from..$((end - 1)) ${mix:-all mixes}: $runs runs, ${sim_s}s simulated in ${wall}s wall"
     if grep -q "SIM-FAILURE" "$out"; then
-      echo "FAILURES (each stops its mix's chunk; re-run with --from after the seed to continue):"
+      echo "FAILURES:"
       grep "SIM-FAILURE" "$out"
       echo "full output: $out"
       exit 1

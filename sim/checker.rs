@@ -13,8 +13,18 @@
 //! - **phantom** / **corrupt**: a value nobody wrote, or bytes the client cannot decode.
 //! - **log end regressed**: OFFSET_OUT_OF_RANGE within one broker life at an offset already
 //!   reached.
-//! - **unseen**: an acknowledged acks=all write that no consumer read, although consumers
-//!   caught up after the liveness phase.
+//! - **unseen**: an acknowledged acks=all write that no consumer by assign read, although they
+//!   caught up after the liveness phase; the same for the subscribing consumers (a consumer
+//!   group), except for a record acknowledged after a crash that followed a group read at or
+//!   past its offset (the group committed past a tail the crash replaced: on a single node,
+//!   whose consumers may read unsynced records, that is expected).
+//! - **commit lost**: a read of the group's committed offsets returned something other than
+//!   the last acknowledged commit for a partition although no other commit of it was in flight
+//!   (commits are fsynced before they are acknowledged, so a crash must not undo them).
+//!
+//! Subscribing consumers (Jepsen's subscribe mode): each partition a consumer is assigned in
+//! one generation is its own session, so re-reading after a rebalance (at-least-once) is
+//! allowed, while within one assignment generation offsets must be dense and monotonic.
 //! - **liveness**: after faults stop, a partition refuses writes, the final read fails, or
 //!   consumers do not catch up, within the bound.
 //!
@@ -25,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::history::{Entry, Event};
-use crate::workload::PROBE_PRODUCER;
+use crate::workload::{GROUP_CONSUMER_BASE, PROBE_PRODUCER};
 
 /// How many fault events a violation lists.
 const NEARBY_FAULTS_MAX: usize = 8;
@@ -50,6 +60,9 @@ pub struct Liveness {
     pub probe_failed: Vec<i32>,
     pub final_read_failed: bool,
     pub consumers_caught_up: bool,
+    /// `None` without subscribing consumers; else whether the group read every partition to
+    /// its final high watermark.
+    pub group_caught_up: Option<bool>,
 }
 
 /// The checker's verdict.
@@ -205,6 +218,10 @@ pub fn check(entries: &[Entry], live: &Liveness, end_ms: u64) -> Report {
         }
     }
     let mut read_by_consumers: BTreeSet<&str> = BTreeSet::new();
+    let mut read_by_group: BTreeSet<&str> = BTreeSet::new();
+    // Per partition, when a subscribing consumer read up to which offset (for the unseen
+    // excuse).
+    let mut group_reads: BTreeMap<i32, Vec<(u64, i64)>> = BTreeMap::new();
     let mut sessions: BTreeMap<(usize, i32, u64), i64> = BTreeMap::new();
     let mut reads = 0usize;
     for e in entries {
@@ -251,7 +268,12 @@ pub fn check(entries: &[Entry], live: &Liveness, end_ms: u64) -> Report {
                             faults.near(e.at_ms.saturating_sub(3000), e.at_ms)
                         ));
                     }
-                    read_by_consumers.insert(v.as_str());
+                    if *consumer >= GROUP_CONSUMER_BASE {
+                        read_by_group.insert(v.as_str());
+                        group_reads.entry(*partition).or_default().push((e.at_ms, *off));
+                    } else {
+                        read_by_consumers.insert(v.as_str());
+                    }
                 }
                 sessions.insert(key, expect - 1);
             }
@@ -408,6 +430,41 @@ pub fn check(entries: &[Entry], live: &Liveness, end_ms: u64) -> Report {
         }
     }
 
+    // Unseen by the group.
+    if live.group_caught_up == Some(true) {
+        for (id, o) in &ops {
+            if o.acks != -1 || o.producer == PROBE_PRODUCER {
+                continue;
+            }
+            let Some((base, ack_ms, _)) = o.ack.filter(|a| a.0 >= 0) else { continue };
+            for (j, v) in o.values.iter().enumerate() {
+                let off = base + j as i64;
+                if read_by_group.contains(v.as_str()) {
+                    continue;
+                }
+                let excused = group_reads.get(&o.partition).is_some_and(|reads| {
+                    reads.iter().any(|&(read_ms, read_off)| {
+                        read_off >= off && faults.crashes.iter().any(|&c| c > read_ms && c < ack_ms)
+                    })
+                });
+                if excused {
+                    *notes.entry("acks=all records the group skipped after a crash replaced a tail it had committed past (allowed)").or_default() += 1;
+                } else {
+                    violations.push(format!(
+                        "UNSEEN: acks=all write {v} (op {id}) acknowledged at {}/{off} at t={ack_ms}ms was never read by the consumer group; {}",
+                        o.partition,
+                        faults.near(o.sent_ms, end_ms)
+                    ));
+                }
+            }
+        }
+    }
+
+    // Committed offsets: a read must return the last acknowledged commit unless another commit
+    // of that partition was in flight.
+    let (commit_violations, commit_reads_judged) = check_commits(entries);
+    violations.extend(commit_violations);
+
     // Liveness.
     for p in &live.probe_failed {
         violations.push(format!("LIVENESS: partition {p} did not acknowledge an acks=all write after faults stopped"));
@@ -418,12 +475,122 @@ pub fn check(entries: &[Entry], live: &Liveness, end_ms: u64) -> Report {
     if !live.consumers_caught_up {
         violations.push("LIVENESS: consumers did not catch up with the high watermark after faults stopped".into());
     }
+    if live.group_caught_up == Some(false) {
+        violations.push(
+            "LIVENESS: the consumer group did not read every partition to its high watermark after faults stopped"
+                .into(),
+        );
+    }
 
+    let joins = entries.iter().filter(|e| matches!(e.event, Event::Join { .. })).count();
     let stats = format!(
-        "{} ops, {acked_all} acks=all records acknowledged, {acked_one} acks=1, {reads} reads, {} crashes, {} fault events",
+        "{} ops, {acked_all} acks=all records acknowledged, {acked_one} acks=1, {reads} reads, {joins} group joins, {commit_reads_judged} committed offsets judged, {} crashes, {} fault events",
         ops.len(),
         faults.crashes.len(),
         faults.events.len()
     );
     Report { violations, notes, stats }
+}
+
+/// One offset commit of one partition.
+struct Commit {
+    offset: i64,
+    sent_ms: u64,
+    /// When it was acknowledged; `None` while in flight or if it failed (its fate unknown).
+    acked_ms: Option<u64>,
+    /// From when it can no longer be applied: its reply (an ack or a Kafka error), or for a
+    /// commit that timed out or lost its connection (the request may still reach the broker
+    /// and be applied much later) the next broker crash; `None` while it may still apply.
+    replied_ms: Option<u64>,
+}
+
+/// COMMIT LOST: a committed-offsets read that does not return the last commit of a partition
+/// acknowledged before the read was sent. The read is judged only when that is unambiguous: no
+/// other commit of the partition was sent after that one (before the read was answered) without
+/// being acknowledged before the read (a failed commit may still have been stored), and no
+/// earlier commit was still unanswered when that one was sent (the broker may have applied the
+/// two in either order; a commit that timed out may reach the broker and be applied any time
+/// until the broker next crashes). With no acknowledged commit, the read must say "none" (-1)
+/// unless some commit had been sent.
+/// Returns the violations and how many partition reads were judged.
+fn check_commits(entries: &[Entry]) -> (Vec<String>, usize) {
+    let mut judged = 0;
+    let mut violations = Vec::new();
+    let crashes: Vec<u64> =
+        entries.iter().filter(|e| matches!(e.event, Event::Crash { .. })).map(|e| e.at_ms).collect();
+    let mut commits: BTreeMap<u64, (Vec<(i32, i64)>, u64)> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<Commit>> = BTreeMap::new();
+    let mut index: BTreeMap<(u64, i32), usize> = BTreeMap::new();
+    for e in entries {
+        match &e.event {
+            Event::CommitSend { op, offsets, .. } => {
+                commits.insert(*op, (offsets.clone(), e.at_ms));
+                for &(p, o) in offsets {
+                    let list = by_partition.entry(p).or_default();
+                    index.insert((*op, p), list.len());
+                    list.push(Commit { offset: o, sent_ms: e.at_ms, acked_ms: None, replied_ms: None });
+                }
+            }
+            Event::CommitAck { op } | Event::CommitFail { op, .. } => {
+                let acked = matches!(e.event, Event::CommitAck { .. });
+                let settled_ms = match &e.event {
+                    Event::CommitFail { error, .. } if !error.starts_with("Kafka error") => {
+                        crashes.iter().copied().find(|&c| c >= e.at_ms)
+                    }
+                    _ => Some(e.at_ms),
+                };
+                if let Some((offsets, _)) = commits.get(op) {
+                    for &(p, _) in offsets {
+                        let i = index[&(*op, p)];
+                        let c = &mut by_partition.get_mut(&p).unwrap()[i];
+                        c.replied_ms = settled_ms;
+                        if acked {
+                            c.acked_ms = Some(e.at_ms);
+                        }
+                    }
+                }
+            }
+            Event::Committed { consumer, sent_ms, offsets } => {
+                for &(p, got) in offsets {
+                    let list = by_partition.get(&p).map(|l| l.as_slice()).unwrap_or(&[]);
+                    // Commits of p sent before the read was answered.
+                    let before: Vec<&Commit> = list.iter().filter(|c| c.sent_ms <= e.at_ms).collect();
+                    let last_acked = before.iter().rev().find(|c| c.acked_ms.is_some_and(|a| a < *sent_ms));
+                    let want = match last_acked {
+                        Some(c) => {
+                            // Another commit sent after it (or a failed one whose fate is
+                            // unknown) may legitimately be what the read returns.
+                            let ambiguous = before.iter().any(|d| {
+                                !std::ptr::eq(*d, *c)
+                                    && d.sent_ms >= c.sent_ms
+                                    && d.acked_ms.is_none_or(|a| a >= *sent_ms)
+                            }) || before
+                                .iter()
+                                .any(|d| d.sent_ms < c.sent_ms && d.replied_ms.is_none_or(|r| r > c.sent_ms));
+                            if ambiguous {
+                                continue;
+                            }
+                            c.offset
+                        }
+                        None => {
+                            if !before.is_empty() {
+                                continue;
+                            }
+                            -1
+                        }
+                    };
+                    judged += 1;
+                    if got != want {
+                        violations.push(format!(
+                            "COMMIT LOST: consumer-{consumer} read committed offset {got} for partition {p} at t={}ms (asked at t={sent_ms}ms); the last acknowledged commit was {want}{}",
+                            e.at_ms,
+                            last_acked.map(|c| format!(" (sent t={}ms, acknowledged t={}ms)", c.sent_ms, c.acked_ms.unwrap_or(0))).unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (violations, judged)
 }

@@ -41,6 +41,18 @@ pub enum Event {
     DiskFault { at_ms: u64, broker: usize, what: String },
     /// The phase changed.
     Phase { name: String },
+    /// A subscribing consumer joined generation `generation` of the group and was assigned
+    /// `partitions`; its reads in this generation start new sessions.
+    Join { consumer: usize, member: String, generation: i32, partitions: Vec<i32>, incarnation: u64 },
+    /// A subscribing consumer sent an offset commit (`op` is unique per commit).
+    CommitSend { op: u64, consumer: usize, generation: i32, offsets: Vec<(i32, i64)> },
+    /// The commit was acknowledged for every partition.
+    CommitAck { op: u64 },
+    /// The commit failed (it may or may not have been stored).
+    CommitFail { op: u64, error: String },
+    /// A subscribing consumer read the group's committed offsets (-1: none); it asked at
+    /// `sent_ms`.
+    Committed { consumer: usize, sent_ms: u64, offsets: Vec<(i32, i64)> },
     /// The final read of a partition after the liveness phase.
     Final { partition: i32, records: Vec<(i64, String)>, high_watermark: i64 },
 }

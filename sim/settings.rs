@@ -10,9 +10,10 @@
 use std::fmt::Write as _;
 
 use madsim::rand::{thread_rng, Rng};
-use runnel::runtime::SimDiskConfig;
+use runnel::runtime::{SimDiskConfig, SimDiskLatency};
 
-/// The broker's node names are `broker-{i}`; clients are `producer-{i}` and `consumer-{i}`.
+/// The broker's node names are `broker-{i}`; clients are `producer-{i}`, `consumer-{i}` and
+/// `group-consumer-{i}`.
 pub fn broker_name(i: usize) -> String {
     format!("broker-{i}")
 }
@@ -74,6 +75,10 @@ pub enum Action {
     /// Delay packets in both directions between two nodes.
     ClogLink(String, String),
     UnclogLink(String, String),
+    /// A broker's disk becomes slow: every service time is multiplied by the factor.
+    SlowDisk(usize, u32),
+    /// The broker's disk is back to normal speed.
+    FastDisk(usize),
 }
 
 /// A fault action at a simulated time (ms after the workload starts).
@@ -96,9 +101,15 @@ pub struct Settings {
     pub producers: Vec<ProducerSpec>,
     /// Partitions each consumer is assigned (every partition has at least one consumer).
     pub consumers: Vec<Vec<i32>>,
+    /// Consumers that subscribe to the topic in one consumer group (they share its partitions).
+    pub group_consumers: usize,
+    /// Their session timeout (a member silent this long is evicted and the group rebalances).
+    pub group_session_timeout_ms: u64,
     pub safety_ms: u64,
     pub liveness_ms: u64,
     pub disk: SimDiskConfig,
+    /// Mean service times of each broker's disk.
+    pub latency: SimDiskLatency,
     /// Seed of each broker's disk fault generator.
     pub disk_seed: u64,
     pub schedule: Vec<Fault>,
@@ -143,6 +154,8 @@ impl Settings {
         for c in consumers.iter_mut() {
             c.sort_unstable();
         }
+        let group_consumers = rng.gen_range(1..=3);
+        let group_session_timeout_ms = rng.gen_range(1_000..6_000);
         let safety_ms = rng.gen_range(3_000..8_000);
         let disk = match mix {
             Mix::Crashes => SimDiskConfig { tear_per_mille: 500, bitflip_per_mille: 300, ..Default::default() },
@@ -179,6 +192,7 @@ impl Settings {
         let clients: Vec<String> = (0..n_producers)
             .map(|i| format!("producer-{i}"))
             .chain((0..consumers.len()).map(|i| format!("consumer-{i}")))
+            .chain((0..group_consumers).map(|i| format!("group-consumer-{i}")))
             .collect();
         for _ in 0..clogs {
             let at = rng.gen_range(0..safety_ms);
@@ -201,6 +215,24 @@ impl Settings {
             schedule.push(Fault { at_ms: at, action: on });
             schedule.push(Fault { at_ms: (at + len).min(safety_ms), action: off });
         }
+        // Disk latency: an SSD-like device (tens of microseconds per write, milliseconds per
+        // fsync); the disk-heavy mixes add "slow disk" episodes (a dying or saturated device).
+        let latency = SimDiskLatency {
+            write_us: rng.gen_range(10..200),
+            sync_us: rng.gen_range(200..5_000),
+            read_us: rng.gen_range(10..100),
+        };
+        let slow_episodes = match mix {
+            Mix::Disk | Mix::Mixed => rng.gen_range(0..=2),
+            _ => 0,
+        };
+        for _ in 0..slow_episodes {
+            let at = rng.gen_range(0..safety_ms);
+            let len = rng.gen_range(200..3_000);
+            let factor = *[10u32, 50, 200].get(rng.gen_range(0..3)).unwrap();
+            schedule.push(Fault { at_ms: at, action: Action::SlowDisk(0, factor) });
+            schedule.push(Fault { at_ms: (at + len).min(safety_ms), action: Action::FastDisk(0) });
+        }
         schedule.sort_by_key(|f| f.at_ms);
         Settings {
             mix,
@@ -212,9 +244,12 @@ impl Settings {
             request_timeout_ms: rng.gen_range(500..3_000),
             producers,
             consumers,
+            group_consumers,
+            group_session_timeout_ms,
             safety_ms,
             liveness_ms: 30_000,
             disk,
+            latency,
             disk_seed: rng.gen(),
             schedule,
         }
@@ -242,6 +277,8 @@ impl Settings {
             let parts: Vec<String> = c.iter().map(|p| p.to_string()).collect();
             let _ = writeln!(s, "consumer = {}", parts.join(","));
         }
+        let _ = writeln!(s, "group_consumers = {}", self.group_consumers);
+        let _ = writeln!(s, "group_session_timeout_ms = {}", self.group_session_timeout_ms);
         let _ = writeln!(s, "safety_ms = {}", self.safety_ms);
         let _ = writeln!(s, "liveness_ms = {}", self.liveness_ms);
         let d = &self.disk;
@@ -250,6 +287,8 @@ impl Settings {
             "disk = fsync_eio_per_mille={} enospc_per_mille={} tear_per_mille={} bitflip_per_mille={}",
             d.fsync_eio_per_mille, d.enospc_per_mille, d.tear_per_mille, d.bitflip_per_mille
         );
+        let l = &self.latency;
+        let _ = writeln!(s, "latency = write_us={} sync_us={} read_us={}", l.write_us, l.sync_us, l.read_us);
         let _ = writeln!(s, "disk_seed = {}", self.disk_seed);
         for f in &self.schedule {
             let a = match &f.action {
@@ -259,6 +298,8 @@ impl Settings {
                 Action::UnclogNode(n) => format!("unclog_node {n}"),
                 Action::ClogLink(a, b) => format!("clog_link {a} {b}"),
                 Action::UnclogLink(a, b) => format!("unclog_link {a} {b}"),
+                Action::SlowDisk(b, f) => format!("slow_disk {b} {f}"),
+                Action::FastDisk(b) => format!("fast_disk {b}"),
             };
             let _ = writeln!(s, "fault = {} {a}", f.at_ms);
         }
@@ -277,9 +318,12 @@ impl Settings {
             request_timeout_ms: 1000,
             producers: Vec::new(),
             consumers: Vec::new(),
+            group_consumers: 0,
+            group_session_timeout_ms: 6_000,
             safety_ms: 5000,
             liveness_ms: 30_000,
             disk: SimDiskConfig::default(),
+            latency: SimDiskLatency::default(),
             disk_seed: 0,
             schedule: Vec::new(),
         };
@@ -306,6 +350,19 @@ impl Settings {
                 "flush_messages" => s.flush_messages = num(v)?,
                 "request_timeout_ms" => s.request_timeout_ms = num(v)? as u64,
                 "safety_ms" => s.safety_ms = num(v)? as u64,
+                "group_consumers" => s.group_consumers = num(v)? as usize,
+                "group_session_timeout_ms" => s.group_session_timeout_ms = num(v)? as u64,
+                "latency" => {
+                    for (a, b) in kv(v) {
+                        let x = num(&b)? as u32;
+                        match a.as_str() {
+                            "write_us" => s.latency.write_us = x,
+                            "sync_us" => s.latency.sync_us = x,
+                            "read_us" => s.latency.read_us = x,
+                            _ => return Err(err("unknown latency field")),
+                        }
+                    }
+                }
                 "liveness_ms" => s.liveness_ms = num(v)? as u64,
                 "disk_seed" => s.disk_seed = v.parse().map_err(|_| err("expected a number"))?,
                 "producer" => {
@@ -347,6 +404,8 @@ impl Settings {
                         Some("unclog_node") => Action::UnclogNode(arg(2)?),
                         Some("clog_link") => Action::ClogLink(arg(2)?, arg(3)?),
                         Some("unclog_link") => Action::UnclogLink(arg(2)?, arg(3)?),
+                        Some("slow_disk") => Action::SlowDisk(num(&arg(2)?)? as usize, num(&arg(3)?)? as u32),
+                        Some("fast_disk") => Action::FastDisk(num(&arg(2)?)? as usize),
                         _ => return Err(err("unknown fault")),
                     };
                     s.schedule.push(Fault { at_ms, action });
@@ -363,7 +422,7 @@ impl Settings {
         let acks: Vec<String> =
             self.producers.iter().map(|p| format!("{}{}", p.acks, if p.idempotent { "i" } else { "" })).collect();
         format!(
-            "mix={} brokers={} partitions={} segment_bytes={} flush_messages={} request_timeout_ms={} producers(acks)=[{}] consumers={:?} safety_ms={} disk={:?} faults={}",
+            "mix={} brokers={} partitions={} segment_bytes={} flush_messages={} request_timeout_ms={} producers(acks)=[{}] consumers={:?} group_consumers={} (session {} ms) safety_ms={} disk={:?} latency={:?} faults={}",
             self.mix.name(),
             self.brokers,
             self.partitions,
@@ -372,8 +431,11 @@ impl Settings {
             self.request_timeout_ms,
             acks.join(","),
             self.consumers,
+            self.group_consumers,
+            self.group_session_timeout_ms,
             self.safety_ms,
             self.disk,
+            self.latency,
             self.schedule.len()
         )
     }

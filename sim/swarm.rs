@@ -5,7 +5,8 @@
 //! [`checker`](crate::checker) judges the history; the trace hash is printed last.
 //!
 //! Node layout (fixed addresses, so more brokers and clients plug in): brokers at
-//! 10.0.0.{i+1}, producers at 10.0.1.{i+1}, consumers at 10.0.2.{i+1}, helpers at 10.0.3.x.
+//! 10.0.0.{i+1}, producers at 10.0.1.{i+1}, consumers by assign at 10.0.2.{i+1}, subscribing
+//! (consumer group) consumers at 10.0.4.{i+1}, helpers at 10.0.3.x.
 //!
 //! Environment: `RUNNEL_SIM_SCHEDULE_OUT=path` writes the settings and schedule (`{seed}` and
 //! `{mix}` in the path are replaced); `RUNNEL_SIM_REPLAY=path` replays one; a failing run
@@ -49,6 +50,9 @@ fn broker_config(s: &Settings, i: usize) -> Arc<BrokerConfig> {
             ("log.dirs", "/data".to_string()),
             ("log.segment.bytes", s.segment_bytes.to_string()),
             ("log.flush.interval.messages", s.flush_messages.to_string()),
+            // Short group timings, so rebalances and session expiries happen within a run.
+            ("group.initial.rebalance.delay.ms", "100".to_string()),
+            ("group.min.session.timeout.ms", "500".to_string()),
         ])
         .expect("broker config"),
     )
@@ -109,6 +113,7 @@ impl Cluster {
         let mut nodes = BTreeMap::new();
         for i in 0..s.brokers {
             let disk = SimDisk::new(s.disk_seed.wrapping_add(i as u64), s.disk);
+            disk.set_latency(s.latency);
             let d = disk.clone();
             let cfg = broker_config(s, i);
             let node = handle
@@ -206,6 +211,8 @@ impl Cluster {
                 net.unclog_link(self.node(b), self.node(a));
                 self.clogged_links.retain(|x| x != &(a.clone(), b.clone()));
             }
+            Action::SlowDisk(b, factor) => self.brokers[*b].disk.set_slow_factor(*factor),
+            Action::FastDisk(b) => self.brokers[*b].disk.set_slow_factor(1),
         }
         if !matches!(action, Action::Crash(_) | Action::Restart(_)) {
             self.history.record(Event::Fault { what: format!("{action:?}") });
@@ -226,6 +233,7 @@ impl Cluster {
         self.collect_disk_events();
         for b in 0..self.brokers.len() {
             self.brokers[b].disk.set_faults_enabled(false);
+            self.brokers[b].disk.set_slow_factor(1);
             if self.brokers[b].up && self.brokers[b].storage_error_since_restart {
                 self.crash(b, "operator restart after a storage error");
             }
@@ -303,6 +311,11 @@ pub async fn run(mix: Mix) {
         let node = cluster.client_node(&format!("consumer-{i}"), Ipv4Addr::new(10, 0, 2, i as u8 + 1));
         consumers.push(node.spawn(workload::consumer(cluster.ctx.clone(), i, parts.clone())));
     }
+    for i in 0..settings.group_consumers {
+        let node = cluster.client_node(&format!("group-consumer-{i}"), Ipv4Addr::new(10, 0, 4, i as u8 + 1));
+        let session_ms = settings.group_session_timeout_ms;
+        consumers.push(node.spawn(workload::group_consumer(cluster.ctx.clone(), i, session_ms)));
+    }
 
     // Safety phase: play the schedule.
     let t0 = history.now_ms();
@@ -333,8 +346,11 @@ pub async fn run(mix: Mix) {
     let finals =
         reader.spawn(workload::final_read(cluster.ctx.clone(), settings.partitions, deadline)).await.expect("final");
     live.final_read_failed = finals.is_none();
-    // Consumers must catch up with the final high watermarks.
+    // Consumers must catch up with the final high watermarks: each consumer by assign on each
+    // of its partitions, and the group (some member) on every partition.
     let hws: BTreeMap<i32, i64> = finals.iter().flatten().map(|(p, (hw, _))| (*p, *hw)).collect();
+    let groups = settings.group_consumers > 0;
+    live.group_caught_up = groups.then_some(false);
     while history.now_ms() < deadline {
         let pos = cluster.ctx.positions.lock().unwrap().clone();
         let life = cluster.ctx.incarnation.load(Ordering::SeqCst);
@@ -344,8 +360,16 @@ pub async fn run(mix: Mix) {
                 None => true,
             })
         });
-        if !behind {
-            live.consumers_caught_up = true;
+        live.consumers_caught_up = !behind;
+        if groups {
+            let gpos = cluster.ctx.group_positions.lock().unwrap().clone();
+            let group_done = (0..settings.partitions).all(|p| {
+                let hw = *hws.get(&p).unwrap_or(&0);
+                hw == 0 || gpos.iter().any(|(&(_, q), &(at, inc))| q == p && inc == life && at >= hw)
+            });
+            live.group_caught_up = Some(group_done);
+        }
+        if live.consumers_caught_up && live.group_caught_up != Some(false) {
             break;
         }
         madsim::time::sleep(Duration::from_millis(50)).await;

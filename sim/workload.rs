@@ -1,6 +1,7 @@
 //! Client workloads, each running on its own simulated node with the project's own client:
 //! producers (acks=all or acks=1, optionally idempotent), consumers that read assigned
-//! partitions sequentially, a liveness probe and the final reader. Every operation is
+//! partitions sequentially, consumers that subscribe through a consumer group (join, sync,
+//! heartbeat, commit; `runnel::client::group`), a liveness probe and the final reader. Every operation is
 //! recorded in the [`History`]; values are unique strings (`p{producer}-{batch}-{record}`).
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{InitProducerIdRequest, ProducerId};
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 use madsim::rand::{thread_rng, Rng};
+use runnel::client::group::{needs_rejoin, GroupMember};
 use runnel::client::{codes, Client, ClientError, ProduceRecord, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 
 use crate::history::{Event, History};
@@ -21,12 +23,23 @@ use crate::settings::ProducerSpec;
 pub const TOPIC: &str = "sim";
 /// Bytes a consumer asks for per fetch: small, so reads span many requests.
 const FETCH_BYTES_MAX: i32 = 16 * 1024;
+/// The final reader stops waiting for the high watermark to cover every acknowledged acks=all
+/// record this long before the liveness deadline and reads what is there, so lost records are
+/// reported as LOST (with offsets) rather than as a liveness failure.
+const FINAL_READ_LAST_CHANCE_MS: u64 = 5_000;
 /// How long a consumer's fetch waits for data.
 const FETCH_WAIT_MS: i32 = 50;
 /// Attempts an idempotent producer makes for one batch before giving up on it.
 const IDEMPOTENT_ATTEMPTS_MAX: usize = 4;
 /// The producer index recorded for the liveness probe's writes.
 pub const PROBE_PRODUCER: usize = 999;
+/// Subscribing consumer `i` is recorded as consumer `GROUP_CONSUMER_BASE + i`, so its reads
+/// never share a session key with a consumer by assign.
+pub const GROUP_CONSUMER_BASE: usize = 100;
+/// The consumer group the subscribing consumers join.
+pub const GROUP: &str = "sim-group";
+/// How long the coordinator waits for every member to rejoin during a rebalance.
+const REBALANCE_TIMEOUT_MS: i32 = 3_000;
 
 /// State shared by the harness and every workload.
 #[derive(Clone)]
@@ -44,6 +57,9 @@ pub struct Ctx {
     /// Each consumer's next fetch offset per partition and the broker life it was reached in,
     /// for the liveness catch-up check.
     pub positions: Arc<Mutex<BTreeMap<(usize, i32), (i64, u64)>>>,
+    /// The same for subscribing consumers (keyed by their recorded consumer index): the group
+    /// has caught up on a partition when any member has read it to the end.
+    pub group_positions: Arc<Mutex<BTreeMap<(usize, i32), (i64, u64)>>>,
 }
 
 impl Ctx {
@@ -57,6 +73,7 @@ impl Ctx {
             stop_consumers: Arc::new(AtomicBool::new(false)),
             next_op: Arc::new(AtomicU64::new(0)),
             positions: Arc::new(Mutex::new(BTreeMap::new())),
+            group_positions: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
@@ -293,6 +310,192 @@ pub async fn consumer(ctx: Ctx, idx: usize, partitions: Vec<i32>) {
     }
 }
 
+/// One assigned partition of a subscribing consumer.
+struct GroupCursor {
+    pos: i64,
+    session: u64,
+    incarnation: u64,
+}
+
+/// Why a subscribing consumer's generation ended.
+enum GenerationEnd {
+    /// Join again (rebalance, lost membership, coordinator moved, connection broke).
+    Rejoin,
+    /// The harness told consumers to stop.
+    Stop,
+}
+
+/// A consumer by subscribe: joins [`GROUP`], reads its assigned partitions from the committed
+/// offsets (or 0), commits what it read after every pass, heartbeats every third of the
+/// session timeout, and joins again when the generation ends. Each assigned partition in each
+/// generation is a new session (a rebalance may hand a partition back from an older commit, so
+/// duplicates across generations are expected); a broker crash or an OFFSET_OUT_OF_RANGE reset
+/// to offset 0 starts a new session too. Within a session reads must be dense and monotonic.
+pub async fn group_consumer(ctx: Ctx, idx: usize, session_timeout_ms: u64) {
+    let name = format!("group-consumer-{idx}");
+    let id = GROUP_CONSUMER_BASE + idx;
+    let mut client: Option<Client> = None;
+    let mut member = GroupMember::new(GROUP, &[TOPIC], session_timeout_ms as i32, REBALANCE_TIMEOUT_MS);
+    let mut sessions = 0u64;
+    while !ctx.stop_consumers.load(Ordering::SeqCst) {
+        if client.is_none() {
+            client = ctx.connect(&name).await;
+            continue;
+        }
+        let c = client.as_mut().unwrap();
+        match group_generation(&ctx, c, &mut member, id, session_timeout_ms, &mut sessions).await {
+            Ok(GenerationEnd::Stop) => {
+                let _ = member.leave(c).await;
+                return;
+            }
+            Ok(GenerationEnd::Rejoin) => {}
+            Err(e) => {
+                if e.kafka_code().is_none() {
+                    client = None;
+                }
+                madsim::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One generation of a subscribing consumer: join, read committed offsets, then fetch, commit
+/// and heartbeat until the generation ends.
+async fn group_generation(
+    ctx: &Ctx,
+    c: &mut Client,
+    member: &mut GroupMember,
+    id: usize,
+    session_timeout_ms: u64,
+    sessions: &mut u64,
+) -> Result<GenerationEnd, ClientError> {
+    let assignment = member.join(c).await?;
+    let parts: Vec<i32> = assignment.partitions.get(TOPIC).cloned().unwrap_or_default();
+    let inc = ctx.incarnation();
+    ctx.history.record(Event::Join {
+        consumer: id,
+        member: assignment.member_id.clone(),
+        generation: assignment.generation_id,
+        partitions: parts.clone(),
+        incarnation: inc,
+    });
+    let sent_ms = ctx.history.now_ms();
+    let committed = member.committed(c, TOPIC, &parts).await?;
+    ctx.history.record(Event::Committed {
+        consumer: id,
+        sent_ms,
+        offsets: committed.iter().map(|(p, o)| (*p, *o)).collect(),
+    });
+    let mut cursors: BTreeMap<i32, GroupCursor> = BTreeMap::new();
+    for &p in &parts {
+        let pos = committed.get(&p).copied().filter(|&o| o >= 0).unwrap_or(0);
+        cursors.insert(p, GroupCursor { pos, session: *sessions, incarnation: inc });
+        *sessions += 1;
+    }
+    let mut last_commit: BTreeMap<i32, i64> = committed.clone();
+    let heartbeat_every = session_timeout_ms / 3;
+    let mut last_heartbeat = ctx.history.now_ms();
+    loop {
+        if ctx.stop_consumers.load(Ordering::SeqCst) {
+            return Ok(GenerationEnd::Stop);
+        }
+        for &p in &parts {
+            let cur = cursors.get_mut(&p).unwrap();
+            let inc = ctx.incarnation();
+            if cur.incarnation != inc {
+                // The broker restarted: records past its durable end may have been replaced.
+                *cur = GroupCursor { pos: cur.pos, session: *sessions, incarnation: inc };
+                *sessions += 1;
+            }
+            let from = cur.pos;
+            match c.fetch(TOPIC, p, from, FETCH_WAIT_MS, 1, FETCH_BYTES_MAX).await {
+                Ok(r) => {
+                    if ctx.incarnation() != inc {
+                        continue; // answered across a crash
+                    }
+                    if !r.records.is_empty() {
+                        let records = r.records.iter().map(|x| (x.offset, value_of(&x.value))).collect();
+                        ctx.history.record(Event::Read {
+                            consumer: id,
+                            partition: p,
+                            session: cur.session,
+                            from,
+                            records,
+                            incarnation: inc,
+                        });
+                    }
+                    cur.pos = r.next_offset.max(from);
+                    ctx.group_positions.lock().unwrap().insert((id, p), (cur.pos, inc));
+                }
+                Err(e) => {
+                    let out_of_range = e.kafka_code() == Some(codes::OFFSET_OUT_OF_RANGE);
+                    let bad_bytes = matches!(e, ClientError::Protocol(_));
+                    if ctx.incarnation() == inc {
+                        ctx.history.record(Event::ReadError {
+                            consumer: id,
+                            partition: p,
+                            session: cur.session,
+                            from,
+                            error: e.to_string(),
+                            incarnation: inc,
+                        });
+                    }
+                    if out_of_range || bad_bytes {
+                        // auto.offset.reset=earliest, in a new session.
+                        *cur = GroupCursor { pos: 0, session: *sessions, incarnation: inc };
+                        *sessions += 1;
+                        ctx.group_positions.lock().unwrap().insert((id, p), (0, inc));
+                    }
+                    if e.kafka_code().is_none() {
+                        return Err(e);
+                    }
+                    madsim::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        if parts.is_empty() {
+            madsim::time::sleep(Duration::from_millis(FETCH_WAIT_MS as u64)).await;
+        }
+        // Commit what moved since the last commit.
+        let offsets: BTreeMap<(String, i32), i64> = cursors
+            .iter()
+            .filter(|(p, cur)| last_commit.get(p) != Some(&cur.pos))
+            .map(|(p, cur)| ((TOPIC.to_string(), *p), cur.pos))
+            .collect();
+        if !offsets.is_empty() {
+            let op = ctx.op();
+            ctx.history.record(Event::CommitSend {
+                op,
+                consumer: id,
+                generation: member.generation_id(),
+                offsets: offsets.iter().map(|((_, p), o)| (*p, *o)).collect(),
+            });
+            match member.commit(c, &offsets).await {
+                Ok(()) => {
+                    ctx.history.record(Event::CommitAck { op });
+                    for ((_, p), o) in offsets {
+                        last_commit.insert(p, o);
+                    }
+                }
+                Err(e) => {
+                    ctx.history.record(Event::CommitFail { op, error: e.to_string() });
+                    if needs_rejoin(&e) {
+                        return Ok(GenerationEnd::Rejoin);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if ctx.history.now_ms() >= last_heartbeat + heartbeat_every {
+            match member.heartbeat(c).await {
+                Ok(()) => last_heartbeat = ctx.history.now_ms(),
+                Err(e) if needs_rejoin(&e) => return Ok(GenerationEnd::Rejoin),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// The liveness probe: one acks=all record per partition, retried until acknowledged or the
 /// deadline passes. Returns the partitions that never accepted it.
 pub async fn probe(ctx: Ctx, partitions: i32, deadline_ms: u64) -> Vec<i32> {
@@ -349,7 +552,8 @@ pub async fn final_read(
     // The end of what was acknowledged with acks=all, per partition. A newly elected leader's
     // high watermark can lag (it starts from what it knew as a follower and advances as the
     // followers fetch), so the final read waits, within the liveness bound, until the high
-    // watermark covers every acknowledged acks=all record instead of reading a short log.
+    // watermark covers every acknowledged acks=all record instead of reading a short log; in the
+    // last FINAL_READ_LAST_CHANCE_MS it reads what is there (the checker then names what is lost).
     let mut acked_end: BTreeMap<i32, i64> = BTreeMap::new();
     {
         let mut sends: BTreeMap<u64, (i32, i16, i64)> = BTreeMap::new();
@@ -381,7 +585,8 @@ pub async fn final_read(
             let attempt: Result<(i64, Vec<(i64, String)>), ClientError> = async {
                 let (start, _) = c.list_offsets(TOPIC, p, EARLIEST_TIMESTAMP).await?;
                 let (hw, _) = c.list_offsets(TOPIC, p, LATEST_TIMESTAMP).await?;
-                if hw < acked_end.get(&p).copied().unwrap_or(0) {
+                let last_chance = ctx.history.now_ms() + FINAL_READ_LAST_CHANCE_MS >= deadline_ms;
+                if hw < acked_end.get(&p).copied().unwrap_or(0) && !last_chance {
                     return Ok((-1, Vec::new())); // not caught up yet: retry
                 }
                 let mut records = Vec::new();

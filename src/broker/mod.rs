@@ -35,14 +35,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::config::{BrokerConfig, TopicConfig};
 use crate::log::{Log, LogConfig, LogError};
 use crate::protocol::{self, errors};
 use crate::replication::{FollowerState, LeaderEpochCache, LeaderState};
-use crate::runtime::{self, Disk};
+use crate::runtime::{self, watch, Disk};
 
 pub use data::SINGLE_NODE_LEADER_EPOCH;
 pub use group::run_group_timer;

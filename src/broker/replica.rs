@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{Broker, Partition, Role, Topic};
@@ -21,7 +20,7 @@ use crate::cluster::transport::ControllerClient;
 use crate::controller::{MetadataImage, PartitionImage};
 use crate::protocol::errors;
 use crate::replication::{FollowerState, LeaderEpochCache, LeaderInit, LeaderState};
-use crate::runtime;
+use crate::runtime::{self, watch};
 
 /// How long a forwarded admin request keeps retrying while no controller is reachable.
 pub const FORWARD_RETRY_MS: u64 = 10_000;

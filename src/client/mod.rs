@@ -17,6 +17,7 @@
 
 pub mod connection;
 pub mod error;
+pub mod group;
 pub mod partitioner;
 pub mod records;
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::rpc::{ControllerRequest, ControllerResponse, VoterState};
 use super::transport::{read_frame, write_frame};
@@ -27,7 +27,7 @@ use crate::controller::{
     RegisterBrokerRequest,
 };
 use crate::protocol::errors;
-use crate::runtime::{self, Disk};
+use crate::runtime::{self, watch, Disk};
 
 /// Raft messages queued for one peer before new ones are dropped.
 pub const PEER_QUEUE_MAX: usize = 1024;

@@ -4,12 +4,16 @@
 //! `cfg(madsim)`. Everything else reaches disks through [`Disk`] / [`File`] and time through
 //! [`now_ms`], so the same code runs on real tokio and inside madsim's simulated cluster
 //! (where a simulated disk with fault injection stands in for [`StdDisk`]).
+//!
+//! [`watch`] replaces `tokio::sync::watch`, whose wake-up order depends on a process-global
+//! counter and so breaks replay; use it for every watch channel.
 
 mod disk;
 mod simdisk;
+pub mod watch;
 
 pub use disk::{Disk, File, MemDisk, StdDisk};
-pub use simdisk::{DiskEvent, SimDisk, SimDiskConfig, SECTOR_BYTES};
+pub use simdisk::{take_disk_wait_until, DiskEvent, SimDisk, SimDiskConfig, SimDiskLatency, SECTOR_BYTES};
 
 /// Milliseconds since the Unix epoch. Under madsim the libc clock is intercepted, so this is
 /// simulated time and a seed reproduces it exactly.
@@ -17,12 +21,21 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Runs blocking work (fsync) off the async worker threads. Under madsim `spawn_blocking` runs
-/// inline, which is what determinism wants.
+/// Runs blocking work (fsync) off the async worker threads. Under madsim it runs inline (what
+/// determinism wants) and then sleeps, on madsim's clock, until the simulated disk operations it
+/// made complete ([`SimDisk`] latency).
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     #[cfg(madsim)]
     {
-        f()
+        let _ = simdisk::take_disk_wait_until(); // operations made outside this seam do not wait
+        let out = f();
+        if let Some(until) = simdisk::take_disk_wait_until() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if !left.is_zero() {
+                tokio::time::sleep(left).await;
+            }
+        }
+        out
     }
     #[cfg(not(madsim))]
     {

@@ -14,17 +14,29 @@
 //!   with probability `bitflip_per_mille` one bit of the torn region flips.
 //! - Directory operations (create, rename, remove) are durable at once; `sync_dir` is a no-op.
 //!   Missing: lost directory entries of files whose directory was never synced.
-//! - No latency: the [`File`] trait is synchronous, so a sleep cannot be modelled here.
+//! - Latency ([`SimDiskLatency`], off by default): every write, fsync and read draws a service
+//!   time (uniform in half to one and a half times the configured mean, times the slow-disk
+//!   factor of [`SimDisk::set_slow_factor`]). Writes and fsyncs occupy one device queue after
+//!   whatever is already queued (writeback), so an fsync completes only once the writes queued
+//!   before it are done; reads run beside the queue. The [`File`] trait is synchronous, so nothing can sleep inside
+//!   it: the completion time is left in a thread-local, and `runtime::blocking` (the async
+//!   seam every fsync on the produce and commit paths goes through) sleeps until it with
+//!   madsim's clock. Operations outside that seam (appends and fetch reads, served from the
+//!   page cache) return at once but still occupy the queue. The data of an fsync becomes
+//!   durable when the call is made, not when its latency has elapsed (a crash during the
+//!   sleep keeps it: safe for callers, which only learn of success after the sleep).
 //!
 //! Determinism: every random choice comes from one SplitMix64 generator seeded by the caller
 //! (the simulator seeds it from madsim's RNG), and every fault is logged as a [`DiskEvent`]
 //! with the simulated time, so a seed replays the same faults.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::disk::{Disk, File};
 
@@ -42,6 +54,39 @@ pub struct SimDiskConfig {
     pub tear_per_mille: u32,
     /// Chance that a torn write also has one bit flipped.
     pub bitflip_per_mille: u32,
+}
+
+/// Mean service times of a [`SimDisk`]'s operations, in microseconds (0: instant). Each
+/// operation draws uniformly from half to one and a half times the mean.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimDiskLatency {
+    /// Per `write_at` (including `set_len`).
+    pub write_us: u32,
+    /// Per `sync_data` that has something to sync.
+    pub sync_us: u32,
+    /// Per `read_at`.
+    pub read_us: u32,
+}
+
+/// The kinds of operation that take time.
+#[derive(Clone, Copy)]
+enum OpKind {
+    Write,
+    Sync,
+    Read,
+}
+
+thread_local! {
+    /// When the disk operations made on this thread since the last
+    /// [`take_disk_wait_until`] complete (the latest of their completion times).
+    static WAIT_UNTIL: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Takes the completion time of the simulated disk operations made on this thread since the
+/// last call (`None` if there were none or they took no time). `runtime::blocking` sleeps until
+/// it under madsim.
+pub fn take_disk_wait_until() -> Option<Instant> {
+    WAIT_UNTIL.with(|w| w.take())
 }
 
 /// A fault the disk injected, for the simulator's history and failure reports.
@@ -72,6 +117,16 @@ struct Shared {
     config: Mutex<SimDiskConfig>,
     faults_enabled: AtomicBool,
     events: Mutex<Vec<DiskEvent>>,
+    /// The device queue: latencies, the slow-disk factor, when the queue drains, and its own
+    /// generator (so turning latency on does not change which faults a seed injects).
+    device: Mutex<Device>,
+}
+
+struct Device {
+    latency: SimDiskLatency,
+    slow_factor: u32,
+    busy_until: Option<Instant>,
+    rng: SplitMix64,
 }
 
 impl Shared {
@@ -84,6 +139,32 @@ impl Shared {
 
     fn event(&self, what: String) {
         self.events.lock().unwrap().push(DiskEvent { at_ms: super::now_ms(), what });
+    }
+
+    /// Queues one operation on the device and records its completion time for the caller.
+    fn charge(&self, kind: OpKind) {
+        let mut d = self.device.lock().unwrap();
+        let mean = match kind {
+            OpKind::Write => d.latency.write_us,
+            OpKind::Sync => d.latency.sync_us,
+            OpKind::Read => d.latency.read_us,
+        } as u64;
+        if mean == 0 {
+            return;
+        }
+        let us = (mean / 2 + d.rng.below(mean + 1)) * d.slow_factor.max(1) as u64;
+        let now = Instant::now();
+        let done = match kind {
+            // Reads run beside the queue (a device serves reads in parallel with writeback,
+            // and most are page-cache hits): they delay only a caller that waits for them.
+            OpKind::Read => now + Duration::from_micros(us),
+            OpKind::Write | OpKind::Sync => {
+                let done = d.busy_until.filter(|&b| b > now).unwrap_or(now) + Duration::from_micros(us);
+                d.busy_until = Some(done);
+                done
+            }
+        };
+        WAIT_UNTIL.with(|w| w.set(Some(w.get().map_or(done, |t| t.max(done)))));
     }
 }
 
@@ -142,6 +223,7 @@ struct SimFile {
 
 impl File for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.shared.charge(OpKind::Read);
         let s = self.state.lock().unwrap();
         let off = offset as usize;
         if off >= s.cache.len() {
@@ -159,6 +241,7 @@ impl File for SimFile {
             self.shared.event(format!("ENOSPC writing {} bytes at {offset} of {path}", buf.len()));
             return Err(io::Error::from_raw_os_error(28));
         }
+        self.shared.charge(OpKind::Write);
         let mut s = self.state.lock().unwrap();
         write_into(&mut s.cache, offset as usize, buf);
         s.pending.push(Op::Write { offset: offset as usize, data: buf.to_vec() });
@@ -170,6 +253,7 @@ impl File for SimFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.shared.charge(OpKind::Write);
         let mut s = self.state.lock().unwrap();
         s.cache.resize(len as usize, 0);
         s.pending.push(Op::SetLen(len as usize));
@@ -182,6 +266,7 @@ impl File for SimFile {
         if s.pending.is_empty() {
             return Ok(());
         }
+        self.shared.charge(OpKind::Sync);
         if self.shared.roll(cfg.fsync_eio_per_mille) {
             let dropped = s.pending.len();
             s.pending.clear();
@@ -209,6 +294,12 @@ impl SimDisk {
                 config: Mutex::new(config),
                 faults_enabled: AtomicBool::new(false),
                 events: Mutex::new(Vec::new()),
+                device: Mutex::new(Device {
+                    latency: SimDiskLatency::default(),
+                    slow_factor: 1,
+                    busy_until: None,
+                    rng: SplitMix64(seed ^ 0x6C61_7465_6E63_7921),
+                }),
             }),
         }
     }
@@ -224,6 +315,16 @@ impl SimDisk {
         *self.shared.config.lock().unwrap() = config;
     }
 
+    /// Sets the mean service times (see [`SimDiskLatency`]).
+    pub fn set_latency(&self, latency: SimDiskLatency) {
+        self.shared.device.lock().unwrap().latency = latency;
+    }
+
+    /// Multiplies every service time by `factor` (1: normal; a "slow disk" episode uses more).
+    pub fn set_slow_factor(&self, factor: u32) {
+        self.shared.device.lock().unwrap().slow_factor = factor.max(1);
+    }
+
     /// Takes the fault events logged since the last call.
     pub fn take_events(&self) -> Vec<DiskEvent> {
         std::mem::take(&mut *self.shared.events.lock().unwrap())
@@ -235,11 +336,12 @@ impl SimDisk {
         ns.files.values().map(|f| f.state.lock().unwrap().pending.len()).sum()
     }
 
-    /// Power loss: every file falls back to its durable contents plus a random prefix of its
+    /// Power loss: the device queue empties; every file falls back to its durable contents plus a random prefix of its
     /// pending operations, the next write possibly torn and bit-flipped. Call it while the
     /// node that uses this disk is dead (right after `Handle::kill`).
     pub fn crash(&self) {
         let cfg = *self.shared.config.lock().unwrap();
+        self.shared.device.lock().unwrap().busy_until = None;
         let ns = self.inner.lock().unwrap();
         for (path, f) in &ns.files {
             let mut s = f.state.lock().unwrap();
@@ -422,6 +524,31 @@ mod tests {
                 assert!(chunk.iter().all(|&b| b == i as u8));
             }
         }
+    }
+
+    // Proves the device queue: an fsync completes after the writes queued before it, a slow
+    // factor stretches service times, and with no latency configured nothing waits.
+    #[test]
+    fn latency_queues_behind_writes() {
+        let d = SimDisk::new(3, SimDiskConfig::default());
+        let f = d.open(Path::new("/a"), true).unwrap();
+        f.write_at(b"x", 0).unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(take_disk_wait_until(), None);
+        d.set_latency(SimDiskLatency { write_us: 1_000_000, sync_us: 2_000_000, read_us: 0 });
+        let t0 = Instant::now();
+        for i in 0..4 {
+            f.write_at(b"y", i).unwrap();
+        }
+        f.sync_data().unwrap();
+        let done = take_disk_wait_until().expect("queued operations take time");
+        // Four writes (>= 0.5 s each) and an fsync (>= 1 s) at half their means or more.
+        assert!(done >= t0 + Duration::from_millis(3_000), "{:?}", done - t0);
+        assert!(done <= t0 + Duration::from_secs(10) + Duration::from_secs(1));
+        d.set_slow_factor(100);
+        f.write_at(b"z", 0).unwrap();
+        let slow = take_disk_wait_until().unwrap();
+        assert!(slow >= done + Duration::from_secs(50), "a slow write takes 100x as long");
     }
 
     // Proves that tears happen at sector granularity and are reported.
