@@ -3,7 +3,8 @@
 # - every tokio::select! is `biased;` (scripts/check-select.sh);
 # - only src/runtime/ touches the filesystem (std::fs, tokio::fs) or names madsim;
 # - the sans-IO cores (protocol, log, controller, replication, group, txn) spawn nothing,
-#   sleep never and open no sockets.
+#   sleep never and open no sockets;
+# - nothing outside src/runtime uses tokio::sync::watch (its wake-up order is not seeded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bad=0
@@ -17,6 +18,12 @@ if grep -rnE 'tokio::spawn|tokio::time::sleep|TcpStream|TcpListener|std::thread:
     src/protocol src/log src/controller src/replication src/group src/txn --include='*.rs' \
     | grep -vE '/(tests|model_tests)\.rs:' | grep -vE '^\S+:\s*//'; then
   echo "error: sans-IO cores must not spawn, sleep or open sockets (lines above)"; bad=1
+fi
+# tokio's watch wakes receivers through one of 8 Notify slots picked by a process-global RNG:
+# runs of one seed diverge inside one process (docs/SIMULATION.md, Determinism).
+if grep -rnE 'tokio::sync::watch|sync::\{[^}]*\bwatch\b' src sim --include='*.rs' \
+    | grep -v '^src/runtime/' | grep -vE '^\S+:\s*//'; then
+  echo "error: use runtime::watch, not tokio::sync::watch (lines above)"; bad=1
 fi
 [[ $bad -eq 0 ]] && echo "architecture invariants hold"
 exit $bad
