@@ -213,9 +213,18 @@ impl Broker {
         st.role = new_role;
         // Producer sequences are only trusted from this broker's own leadership.
         st.producers.clear();
+        // Wake acks=all waiters and long polls so they re-check the new role, and restart the
+        // published high watermark from this role's. `publish_hw` only notifies when the value
+        // grows, and a replica's high watermark is monotonic within one leadership but not
+        // across them: a former leader that truncated as a follower and leads again starts
+        // below what it published before, and without this reset no acks=all waiter would be
+        // woken until the high watermark passed the old leadership's (cluster-disk seed 511:
+        // every probe write timed out after healing). (A value the flusher computed under the
+        // old role and publishes after releasing the lock can still land after this one on a
+        // multi-threaded runtime; `publish_hw` notifying on any change would close that window.)
+        let hw = st.high_watermark();
+        p.hw.send_modify(|v| *v = hw);
         drop(st);
-        // Wake acks=all waiters and long polls so they re-check the new role.
-        p.hw.send_modify(|_| {});
     }
 
     /// Sends an ISR change proposed by a leader to the controller, and applies the answer.
