@@ -63,6 +63,14 @@ impl Broker {
             tracing::warn!(applied_index, current, "ignoring an older metadata image");
             return;
         }
+        // Lead only on an image that registers this process's incarnation. An image from before
+        // our registration (a new active controller may serve one) can still name us leader at an
+        // epoch our previous incarnation led; after a power loss our log may lack the tail of
+        // that leadership that followers still hold, and appending at the same epoch would put
+        // two records at one offset that no epoch check can tell apart. The controller moves
+        // leaderships away before it registers a new incarnation, so every image that registers
+        // us already names fresh epochs.
+        let may_lead = image.brokers.get(&me).is_some_and(|b| b.incarnation == cluster.incarnation);
         let old = self.topics.read().unwrap().clone();
         let mut next: BTreeMap<String, Arc<Topic>> = BTreeMap::new();
         for t in image.topics.values() {
@@ -87,7 +95,7 @@ impl Broker {
                 if prev.is_some_and(|p| p.config != tc) {
                     part.state.lock().unwrap().log.set_config(super::log_config(&tc));
                 }
-                self.reconcile_role(&part, pi, now);
+                self.reconcile_role(&part, pi, may_lead, now);
                 parts.insert(idx, part);
             }
             next.insert(
@@ -123,8 +131,9 @@ impl Broker {
         self.appended.send_modify(|v| *v += 1);
     }
 
-    /// Makes one local replica match the image: leader, follower or offline.
-    fn reconcile_role(&self, p: &Arc<Partition>, pi: &PartitionImage, now: i64) {
+    /// Makes one local replica match the image: leader, follower or offline (offline instead of
+    /// leader when `may_lead` is false).
+    fn reconcile_role(&self, p: &Arc<Partition>, pi: &PartitionImage, may_lead: bool, now: i64) {
         let me = self.config.node_id();
         let mut st = p.state.lock().unwrap();
         if st.epochs.is_none() {
@@ -155,6 +164,7 @@ impl Broker {
                 false
             }
             (Role::Follower(f), leader) if leader == f.leader_id() && f.leader_epoch() == pi.leader_epoch => false,
+            (Role::Offline, leader) if leader == me && !may_lead => false,
             _ => true,
         };
         if !changed {
@@ -164,7 +174,11 @@ impl Broker {
         let durable = st.log.recovery_point().min(leo);
         let hw = st.high_watermark().min(leo);
         let log_start = st.log.log_start_offset();
-        let new_role = if pi.leader == me {
+        let new_role = if pi.leader == me && !may_lead {
+            tracing::info!(topic = %p.topic, partition = p.index, epoch = pi.leader_epoch,
+                "not leading from an image that predates this incarnation's registration");
+            Role::Offline
+        } else if pi.leader == me {
             let init = LeaderInit {
                 leader_id: me,
                 leader_epoch: pi.leader_epoch,

@@ -396,7 +396,8 @@ fn replicas_with_leader(replicas: &[i32], leader: i32) -> Vec<i32> {
 #[test]
 fn reregistration_moves_leadership_away() {
     // Proves a broker that re-registers with a new incarnation (it restarted) is fenced and loses
-    // its leaderships to ISR members, and that a retried registration is a no-op.
+    // its leaderships to ISR members before its new incarnation is registered, and that a
+    // retried registration is a no-op.
     let mut image = MetadataImage::new();
     register(&mut image, &[1, 2]);
     let mut ac = ActiveController::new(9);
@@ -404,6 +405,12 @@ fn reregistration_moves_leadership_away() {
     let recs = ac.create_topic(&image, "t", 2, 2, BTreeMap::new()).unwrap();
     apply_all(&mut image, &recs);
     let recs = ac.register_broker(&image, &reg_req(1, 2), 0);
+    // The new incarnation is registered only after its leaderships moved: an image that shows
+    // it never names it leader at an epoch the old incarnation led.
+    assert!(matches!(recs.last(), Some(MetadataRecord::RegisterBroker { incarnation: 2, .. })), "{recs:?}");
+    let mut partial = image.clone();
+    apply_all(&mut partial, &recs[..recs.len() - 1]);
+    assert!(partial.topics.values().flat_map(|t| t.partitions.values()).all(|p| p.leader != 1));
     apply_all(&mut image, &recs);
     assert!(image.brokers[&1].fenced);
     assert!(image.topics.values().flat_map(|t| t.partitions.values()).all(|p| p.leader == 2 && p.isr == vec![2]));
