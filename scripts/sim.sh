@@ -3,8 +3,9 @@
 #
 #   scripts/sim.sh --seeds N [--from S] [--release] [--mix M] [--jobs J]   (SIM_CHUNK=K: K seeds per process)
 #       Sweeps seeds S..S+N-1 of every fault mix (or one mix: crashes, disk, network,
-#       idempotent, mixed, or cluster for the 3-node test), one process per seed batch.
-#       Failing seeds are listed at the end with their replay files.
+#       idempotent, mixed, or cluster / cluster-disk for the 3-node test), one process per
+#       seed batch. Failing seeds (violations and panics) are listed at the end with their
+#       replay files.
 #   scripts/sim.sh --replay FILE [--release]
 #       Replays a schedule file (its seed and mix are inside) with tracing on, stamped with
 #       simulated time (RUNNEL_SIM_LOG overrides the filter).
@@ -34,14 +35,14 @@ while [ $# -gt 0 ]; do
     --seed) seed="$2"; shift 2 ;;
     --mix) mix="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
 simtest() { cargo simtest "${profile[@]}" --test sim "$@"; }
-# "cluster" is the 3-node test (sim/cluster.rs), "cluster-disk" the same with fsync EIO and ENOSPC
-# (ignored in CI: it still finds open bugs); the other mixes are the swarm's. No mix: every test.
+# "cluster" is the 3-node test (sim/cluster.rs), "cluster-disk" the same with fsync EIO and ENOSPC;
+# the other mixes are the swarm's. No mix: every test.
 filter_for() {
   case "$1" in
     "") echo "" ;;
@@ -67,10 +68,19 @@ case "$mode" in
     failed=0
     while [ "$s" -lt "$end" ]; do
       n=$(( end - s < chunk ? end - s : chunk ))
+      chunk_out=$(mktemp)
       if ! MADSIM_TEST_SEED=$s MADSIM_TEST_NUM=$n ${jobs:+MADSIM_TEST_JOBS=$jobs} \
-          simtest "$(filter_for "$mix")" -- --nocapture ${mix:+$([ "$mix" = cluster-disk ] && echo --ignored)} >>"$out" 2>&1; then
+          simtest "$(filter_for "$mix")" -- --nocapture ${mix:+--exact} >"$chunk_out" 2>&1; then
         failed=1
+        # A panic inside a node (an assertion, raft-rs) aborts the run before the checker
+        # reports: list it like a violation. The cluster tests leave their replay file behind.
+        if ! grep -q "SIM-FAILURE" "$chunk_out"; then
+          why=$(grep -m1 -A1 "panicked at" "$chunk_out" | tail -1 || true)
+          echo "SIM-FAILURE seed=$s (chunk of $n) mix=${mix:-all} first=PANIC: ${why:-cargo failed, see the output}" >>"$chunk_out"
+        fi
       fi
+      cat "$chunk_out" >>"$out"
+      rm -f "$chunk_out"
       s=$((s + n))
     done
     wall=$(( $(date +%s) - start ))
@@ -92,12 +102,12 @@ case "$mode" in
     s=$(awk -F' = ' '$1=="seed"{print $2}' "$replay")
     m=$(awk -F' = ' '$1=="mix"{print $2}' "$replay")
     RUNNEL_SIM_REPLAY="$(realpath "$replay")" RUNNEL_SIM_LOG="${RUNNEL_SIM_LOG:-info}" \
-      MADSIM_TEST_SEED="$s" MADSIM_TEST_NUM=1 simtest "swarm::$m" -- --exact --nocapture
+      MADSIM_TEST_SEED="$s" MADSIM_TEST_NUM=1 simtest "$(filter_for "$m")" -- --exact --nocapture
     ;;
   determinism)
     s=${seed:-42}
     m=${mix:-mixed}
-    t="swarm::$m"; [ "$m" = cluster ] && t="cluster::faults"
+    t=$(filter_for "$m")
     h1=$(MADSIM_TEST_SEED=$s MADSIM_TEST_NUM=1 simtest "$t" -- --exact --nocapture 2>&1 | grep -o "trace hash [0-9a-f]*" || true)
     h2=$(MADSIM_TEST_SEED=$s MADSIM_TEST_NUM=1 simtest "$t" -- --exact --nocapture 2>&1 | grep -o "trace hash [0-9a-f]*" || true)
     echo "seed $s mix $m: run 1 $h1; run 2 $h2"
