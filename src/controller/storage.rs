@@ -478,3 +478,43 @@ impl Storage for DiskStorage {
         Ok(self.snapshot.clone())
     }
 }
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+    use crate::runtime::MemDisk;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index, term, data: vec![index as u8].into(), ..Default::default() }
+    }
+
+    /// A log with entries 1..=5 of term 1, synced, then a snapshot at index 3 with `snap_term`
+    /// written as `install_snapshot` writes it, "crashing" before the log is rewritten.
+    fn reopen_after_snapshot_without_rewrite(snap_term: u64) -> DiskStorage {
+        let disk: Arc<dyn Disk> = Arc::new(MemDisk::new());
+        let dir = Path::new("/c");
+        let mut st = DiskStorage::open(disk.clone(), dir, &[1], Vec::new()).unwrap();
+        st.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+        st.sync().unwrap();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 3;
+        snap.mut_metadata().term = snap_term;
+        snap.mut_metadata().mut_conf_state().voters = vec![1];
+        write_snapshot(disk.as_ref(), dir, &snap).unwrap();
+        drop(st);
+        DiskStorage::open(disk, dir, &[1], Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn entries_that_do_not_chain_to_the_snapshot_are_dropped() {
+        // Proves recovery keeps the entries after a snapshot only when the log's entry at the
+        // snapshot index has the snapshot's term: a leader's snapshot from another history
+        // replaces them (they would otherwise follow it without matching it).
+        let st = reopen_after_snapshot_without_rewrite(2);
+        assert_eq!(st.last_index_inner(), 3, "entries 4 and 5 belong to the replaced history");
+        assert_eq!(st.term(3).unwrap(), 2);
+        let st = reopen_after_snapshot_without_rewrite(1);
+        assert_eq!(st.last_index_inner(), 5, "entries after a matching snapshot are kept");
+        assert_eq!(st.entries_range(4, 6).iter().map(|e| e.term).collect::<Vec<_>>(), vec![1, 1]);
+    }
+}
