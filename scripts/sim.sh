@@ -3,9 +3,9 @@
 #
 #   scripts/sim.sh --seeds N [--from S] [--release] [--mix M] [--jobs J]   (SIM_CHUNK=K: K seeds per process)
 #       Sweeps seeds S..S+N-1 of every test (or one mix: crashes, disk, network, idempotent,
-#       mixed, single_node, cluster for the 3-node test, cluster-disk), SIM_CHUNK seeds (default
-#       50) per process; after a failing seed the sweep goes on from the next one. Failing seeds
-#       are listed at the end with their replay files.
+#       mixed, single_node, cluster / cluster-disk for the 3-node test), SIM_CHUNK seeds
+#       (default 50) per process; after a failing seed (a violation or a panic) the sweep goes
+#       on from the next one. Failing seeds are listed at the end with their replay files.
 #   scripts/sim.sh --replay FILE [--release]
 #       Replays a schedule file (its seed and mix are inside) with tracing on, stamped with
 #       simulated time (RUNNEL_SIM_LOG overrides the filter).
@@ -35,14 +35,14 @@ while [ $# -gt 0 ]; do
     --seed) seed="$2"; shift 2 ;;
     --mix) mix="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
 simtest() { cargo simtest "${profile[@]}" --test sim "$@"; }
-# "cluster" is the 3-node test (sim/cluster.rs), "cluster-disk" the same with fsync EIO and ENOSPC
-# (ignored in CI: it still finds open bugs); the other mixes are the swarm's. No mix: every test.
+# "cluster" is the 3-node test (sim/cluster.rs), "cluster-disk" the same with fsync EIO and ENOSPC;
+# the other mixes are the swarm's. No mix: every test.
 filter_for() {
   case "$1" in
     single_node) echo "single_node" ;;
@@ -64,14 +64,14 @@ case "$mode" in
     chunk=${SIM_CHUNK:-50}
     end=$((from + seeds))
     failed=0
-    mixes=${mix:-crashes disk network idempotent mixed single_node cluster}
+    mixes=${mix:-crashes disk network idempotent mixed single_node cluster cluster-disk}
     for m in $mixes; do
       s=$from
       while [ "$s" -lt "$end" ]; do
         n=$(( end - s < chunk ? end - s : chunk ))
         part=$(mktemp)
         if MADSIM_TEST_SEED=$s MADSIM_TEST_NUM=$n ${jobs:+MADSIM_TEST_JOBS=$jobs} \
-            simtest "$(filter_for "$m")" -- --exact --nocapture $([ "$m" = cluster-disk ] && echo --ignored) >"$part" 2>&1; then
+            simtest "$(filter_for "$m")" -- --exact --nocapture >"$part" 2>&1; then
           s=$((s + n))
         else
           bad=$(grep -o "SIM-FAILURE seed=[0-9]*" "$part" | tail -1 | grep -o "[0-9]*$" || true)
@@ -105,12 +105,12 @@ case "$mode" in
     s=$(awk -F' = ' '$1=="seed"{print $2}' "$replay")
     m=$(awk -F' = ' '$1=="mix"{print $2}' "$replay")
     RUNNEL_SIM_REPLAY="$(realpath "$replay")" RUNNEL_SIM_LOG="${RUNNEL_SIM_LOG:-info}" \
-      MADSIM_TEST_SEED="$s" MADSIM_TEST_NUM=1 simtest "swarm::$m" -- --exact --nocapture
+      MADSIM_TEST_SEED="$s" MADSIM_TEST_NUM=1 simtest "$(filter_for "$m")" -- --exact --nocapture
     ;;
   determinism)
     s=${seed:-42}
     m=${mix:-mixed}
-    t="swarm::$m"; [ "$m" = cluster ] && t="cluster::faults"
+    t=$(filter_for "$m")
     h1=$(MADSIM_TEST_SEED=$s MADSIM_TEST_NUM=1 simtest "$t" -- --exact --nocapture 2>&1 | grep -o "trace hash [0-9a-f]*" || true)
     h2=$(MADSIM_TEST_SEED=$s MADSIM_TEST_NUM=1 simtest "$t" -- --exact --nocapture 2>&1 | grep -o "trace hash [0-9a-f]*" || true)
     echo "seed $s mix $m: run 1 $h1; run 2 $h2"

@@ -17,6 +17,12 @@
 //! record must be at its acknowledged offset in the final log (LOST), no offset may show two
 //! values (INCONSISTENT), consumers must read densely (SKIP/NONMONOTONIC), and so on.
 //!
+//! Replay: the settings are written to `target/sim-failures/{mix}-{seed}.schedule` when a run
+//! starts and removed when it passes, so any failure leaves its replay file behind
+//! (`scripts/sim.sh --replay FILE` replays it; `RUNNEL_SIM_REPLAY=path` is what it sets, and
+//! `RUNNEL_SIM_SCHEDULE_OUT=path` keeps a copy of any run's settings, `{seed}` and `{mix}`
+//! replaced).
+//!
 //! Node layout: brokers `10.0.0.{1,2,3}` (node ids 1..3, broker index 0..2), producers
 //! `10.0.1.x`, consumers `10.0.2.x`, helpers (setup, leader watcher, probe, final reader)
 //! `10.0.3.x`. `RUNNEL_SIM_LOG=filter` turns on tracing.
@@ -84,7 +90,7 @@ enum Kind {
 
 /// A fault episode during [at_ms, at_ms + dur_ms) after the safety phase starts; episodes never
 /// overlap.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Episode {
     at_ms: u64,
     dur_ms: u64,
@@ -92,9 +98,12 @@ struct Episode {
     target: Target,
 }
 
-/// Everything one cluster run is made of, drawn from the seed.
-#[derive(Debug, Clone)]
+/// Everything one cluster run is made of, drawn from the seed (or read from a replay file).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct ClusterSettings {
+    /// `cluster` or `cluster-disk` (the test that runs it).
+    mix: String,
+    seed: u64,
     partitions: i32,
     segment_bytes: u64,
     replica_lag_ms: u64,
@@ -108,7 +117,9 @@ struct ClusterSettings {
 }
 
 impl ClusterSettings {
-    fn generate() -> ClusterSettings {
+    /// Draws the settings of one run from madsim's RNG. `disk_errors` false turns fsync EIO and
+    /// ENOSPC off after the draw (so both tests draw the same sequence for a seed).
+    fn generate(seed: u64, disk_errors: bool) -> ClusterSettings {
         let mut rng = thread_rng();
         let partitions = rng.gen_range(1..=3);
         let segment_bytes = [4096u64, 16 * 1024, 1 << 20][rng.gen_range(0..3)];
@@ -159,7 +170,15 @@ impl ClusterSettings {
             let gap = if rng.gen_bool(0.3) { rng.gen_range(20..300) } else { rng.gen_range(300..2_000) };
             t += dur_ms + gap;
         }
+        let mut disk = disk;
+        if !disk_errors {
+            // Crashes still tear and flip unsynced tails; only fsync EIO and ENOSPC are off.
+            disk.fsync_eio_per_mille = 0;
+            disk.enospc_per_mille = 0;
+        }
         ClusterSettings {
+            mix: mix_name(disk_errors).to_string(),
+            seed,
             partitions,
             segment_bytes,
             replica_lag_ms,
@@ -171,6 +190,140 @@ impl ClusterSettings {
             disk_seed,
             episodes,
         }
+    }
+
+    /// The replayable text form (`scripts/sim.sh --replay FILE`): `key = value` lines, one
+    /// `producer`, `consumer` and `episode` line each.
+    fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# runnel cluster simulation schedule; replay with scripts/sim.sh --replay FILE");
+        let _ = writeln!(s, "mix = {}", self.mix);
+        let _ = writeln!(s, "seed = {}", self.seed);
+        let _ = writeln!(s, "partitions = {}", self.partitions);
+        let _ = writeln!(s, "segment_bytes = {}", self.segment_bytes);
+        let _ = writeln!(s, "replica_lag_ms = {}", self.replica_lag_ms);
+        let _ = writeln!(s, "request_timeout_ms = {}", self.request_timeout_ms);
+        for p in &self.producers {
+            let _ = writeln!(s, "producer = batch_max={} pause_max_ms={}", p.batch_max, p.pause_max_ms);
+        }
+        for c in &self.consumers {
+            let parts: Vec<String> = c.iter().map(|p| p.to_string()).collect();
+            let _ = writeln!(s, "consumer = {}", parts.join(","));
+        }
+        let _ = writeln!(s, "safety_ms = {}", self.safety_ms);
+        let d = &self.disk;
+        let _ = writeln!(
+            s,
+            "disk = fsync_eio_per_mille={} enospc_per_mille={} tear_per_mille={} bitflip_per_mille={}",
+            d.fsync_eio_per_mille, d.enospc_per_mille, d.tear_per_mille, d.bitflip_per_mille
+        );
+        let _ = writeln!(s, "disk_seed = {}", self.disk_seed);
+        for e in &self.episodes {
+            let kind = match e.kind {
+                Kind::Crash => "crash",
+                Kind::Isolate => "isolate",
+            };
+            let target = match e.target {
+                Target::Node(i) => format!("node {i}"),
+                Target::LeaderOf(p) => format!("leader_of {p}"),
+            };
+            let _ = writeln!(s, "episode = {} {} {kind} {target}", e.at_ms, e.dur_ms);
+        }
+        s
+    }
+
+    /// Parses [`ClusterSettings::to_text`]'s format.
+    fn parse(text: &str) -> Result<ClusterSettings, String> {
+        let mut s = ClusterSettings {
+            mix: String::new(),
+            seed: 0,
+            partitions: 1,
+            segment_bytes: 1 << 20,
+            replica_lag_ms: 30_000,
+            request_timeout_ms: 1_000,
+            producers: Vec::new(),
+            consumers: Vec::new(),
+            safety_ms: 5_000,
+            disk: SimDiskConfig::default(),
+            disk_seed: 0,
+            episodes: Vec::new(),
+        };
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |m: &str| format!("line {}: {m}: {line}", n + 1);
+            let (k, v) = line.split_once('=').ok_or_else(|| err("expected key = value"))?;
+            let (k, v) = (k.trim(), v.trim());
+            let num = |v: &str| v.parse::<u64>().map_err(|_| err("expected a number"));
+            let kv = |v: &str| -> Vec<(String, String)> {
+                v.split_whitespace()
+                    .filter_map(|p| p.split_once('=').map(|(a, b)| (a.to_string(), b.to_string())))
+                    .collect()
+            };
+            match k {
+                "mix" if v == mix_name(false) || v == mix_name(true) => s.mix = v.to_string(),
+                "mix" => return Err(err("unknown cluster mix")),
+                "seed" => s.seed = num(v)?,
+                "partitions" => s.partitions = num(v)? as i32,
+                "segment_bytes" => s.segment_bytes = num(v)?,
+                "replica_lag_ms" => s.replica_lag_ms = num(v)?,
+                "request_timeout_ms" => s.request_timeout_ms = num(v)?,
+                "safety_ms" => s.safety_ms = num(v)?,
+                "disk_seed" => s.disk_seed = num(v)?,
+                "producer" => {
+                    let mut p = ProducerSpec { acks: -1, idempotent: false, batch_max: 1, pause_max_ms: 10 };
+                    for (a, b) in kv(v) {
+                        match a.as_str() {
+                            "batch_max" => p.batch_max = num(&b)? as u32,
+                            "pause_max_ms" => p.pause_max_ms = num(&b)?,
+                            _ => return Err(err("unknown producer field")),
+                        }
+                    }
+                    s.producers.push(p);
+                }
+                "consumer" => {
+                    s.consumers.push(v.split(',').map(|p| num(p.trim()).map(|x| x as i32)).collect::<Result<_, _>>()?)
+                }
+                "disk" => {
+                    for (a, b) in kv(v) {
+                        let x = num(&b)? as u32;
+                        match a.as_str() {
+                            "fsync_eio_per_mille" => s.disk.fsync_eio_per_mille = x,
+                            "enospc_per_mille" => s.disk.enospc_per_mille = x,
+                            "tear_per_mille" => s.disk.tear_per_mille = x,
+                            "bitflip_per_mille" => s.disk.bitflip_per_mille = x,
+                            _ => return Err(err("unknown disk field")),
+                        }
+                    }
+                }
+                "episode" => {
+                    let w: Vec<&str> = v.split_whitespace().collect();
+                    let [at, dur, kind, target, arg] = w[..] else { return Err(err("expected 5 fields")) };
+                    let kind = match kind {
+                        "crash" => Kind::Crash,
+                        "isolate" => Kind::Isolate,
+                        _ => return Err(err("unknown episode kind")),
+                    };
+                    let target = match target {
+                        "node" => match num(arg)? as usize {
+                            i if i < NODES => Target::Node(i),
+                            _ => return Err(err("no such node")),
+                        },
+                        "leader_of" => Target::LeaderOf(num(arg)? as i32),
+                        _ => return Err(err("unknown episode target")),
+                    };
+                    s.episodes.push(Episode { at_ms: num(at)?, dur_ms: num(dur)?, kind, target });
+                }
+                _ => return Err(err("unknown key")),
+            }
+        }
+        if s.mix.is_empty() {
+            return Err("no mix line".into());
+        }
+        s.episodes.sort_by_key(|e| e.at_ms);
+        Ok(s)
     }
 
     fn summary(&self) -> String {
@@ -420,17 +573,56 @@ async fn setup_topic(bootstrap: String, partitions: i32, deadline_ms: u64, histo
     Err(last)
 }
 
-/// Runs one seed. Panics (failing the test, printing the seed) on a violation.
+/// The mix name of a test, as `scripts/sim.sh --mix` and replay files spell it.
+fn mix_name(disk_errors: bool) -> &'static str {
+    if disk_errors {
+        "cluster-disk"
+    } else {
+        "cluster"
+    }
+}
+
+/// Runs one seed (or the replay file in `RUNNEL_SIM_REPLAY`). Panics (failing the test,
+/// printing the seed and the replay file) on a violation.
+///
+/// The settings are written to `target/sim-failures/{mix}-{seed}.schedule` before the run and
+/// removed when it passes, so the file is left behind by any failure, a checker violation or a
+/// panic inside a node alike.
 pub async fn run(disk_errors: bool) {
     let seed = Handle::current().seed();
-    let mut s = ClusterSettings::generate();
-    if !disk_errors {
-        // Crashes still tear and flip unsynced tails; only fsync EIO and ENOSPC are off.
-        s.disk.fsync_eio_per_mille = 0;
-        s.disk.enospc_per_mille = 0;
-    }
-    println!("seed {seed} mix cluster disk_errors={disk_errors}");
+    let mix = mix_name(disk_errors);
+    // Drawn even when replaying, so the RNG stream after it is the one the seed produces.
+    let generated = ClusterSettings::generate(seed, disk_errors);
+    let s = match std::env::var("RUNNEL_SIM_REPLAY") {
+        Ok(path) => {
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+            let s = ClusterSettings::parse(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            if s.mix != mix {
+                println!("replay {path} is for mix {}; skipping mix {mix}", s.mix);
+                return;
+            }
+            assert_eq!(
+                s.seed, seed,
+                "replay {path} needs MADSIM_TEST_SEED={} (scripts/sim.sh --replay sets it)",
+                s.seed
+            );
+            if s != generated {
+                println!("replay: the settings differ from what seed {seed} generates (edited file)");
+            }
+            s
+        }
+        Err(_) => generated,
+    };
+    println!("seed {seed} mix {mix} disk_errors={disk_errors}");
     println!("settings: {}", s.summary());
+    let dir = std::path::Path::new("target/sim-failures");
+    let schedule_path = dir.join(format!("{mix}-{seed}.schedule"));
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::write(&schedule_path, s.to_text());
+    if let Ok(t) = std::env::var("RUNNEL_SIM_SCHEDULE_OUT") {
+        let path = t.replace("{seed}", &seed.to_string()).replace("{mix}", mix);
+        std::fs::write(&path, s.to_text()).unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+    }
     // Always installed (filter "off" by default), so turning logs on does not change what the
     // first seed of a process draws from the RNG (the subscriber's hash maps do).
     let filter = std::env::var("RUNNEL_SIM_LOG").unwrap_or_else(|_| "off".into());
@@ -451,8 +643,14 @@ pub async fn run(disk_errors: bool) {
         .await
         .expect("setup");
     if let Err(e) = setup_result {
-        println!("SIM-FAILURE seed={seed} mix=cluster first=LIVENESS: setup did not complete in {SETUP_MS} ms: {e}");
-        panic!("seed {seed} mix cluster: cluster setup failed: {e}");
+        println!(
+            "SIM-FAILURE seed={seed} mix={mix} schedule={} first=LIVENESS: setup did not complete in {SETUP_MS} ms: {e}",
+            schedule_path.display()
+        );
+        panic!(
+            "seed {seed} mix {mix}: cluster setup failed: {e} (replay: scripts/sim.sh --replay {})",
+            schedule_path.display()
+        );
     }
     let leaders: Leaders = Arc::new(Mutex::new(BTreeMap::new()));
     let watcher = cluster.client_node("watcher", 3);
@@ -557,15 +755,20 @@ pub async fn run(disk_errors: bool) {
         probe_ms as f64 / 1000.0
     );
     println!(
-        "seed {seed} mix cluster: simulated {:.1}s; {} events; trace hash {:016x}",
+        "seed {seed} mix {mix}: simulated {:.1}s; {} events; trace hash {:016x}",
         end_ms as f64 / 1000.0,
         entries.len(),
         history.trace_hash()
     );
     if !report.ok() {
-        println!("SIM-FAILURE seed={seed} mix=cluster first={}", report.headline());
-        panic!("seed {seed} mix cluster: {} violations", report.violations.len());
+        println!("SIM-FAILURE seed={seed} mix={mix} schedule={} first={}", schedule_path.display(), report.headline());
+        panic!(
+            "seed {seed} mix {mix}: {} violations (replay: scripts/sim.sh --replay {})",
+            report.violations.len(),
+            schedule_path.display()
+        );
     }
+    let _ = std::fs::remove_file(&schedule_path);
 }
 
 // Proves that acknowledged acks=all writes to a 3-node cluster (rf=3, min.insync=2) survive
@@ -576,13 +779,11 @@ async fn faults() {
     run(false).await;
 }
 
-// The same with fsync EIO and ENOSPC injected on the brokers' and controllers' disks. Ignored in
-// the CI sweep: it still finds open bugs (a controller whose Raft log failed an fsync can later
-// make raft-rs panic with "to_commit out of range"; liveness after a failed partition log), see
-// docs/SIMULATION.md. Run it with `scripts/sim.sh --mix cluster-disk` or
-// `cargo simtest --release --test sim cluster::faults_with_disk_errors -- --ignored`.
+// Proves the same with fsync EIO and ENOSPC injected on the brokers' and controllers' disks
+// (metadata log, partition logs and the other stores): nodes whose storage failed fence the
+// failed part, and the cluster serves again once an operator restarts them. Sweep it with
+// `scripts/sim.sh --mix cluster-disk`.
 #[madsim::test]
-#[ignore]
 async fn faults_with_disk_errors() {
     run(true).await;
 }

@@ -171,8 +171,11 @@ pub struct Partition {
 impl Partition {
     /// Publishes a new high watermark to waiting acks=all produces.
     pub fn publish_hw(&self, hw: i64) {
+        // The value is only a wake-up signal (waiters re-check the partition state under its
+        // lock), so notify on any change: a high watermark computed under an older role may
+        // land after `reconcile_role` reset the signal, and waiters must still wake.
         self.hw.send_if_modified(|v| {
-            if hw > *v {
+            if hw != *v {
                 *v = hw;
                 true
             } else {

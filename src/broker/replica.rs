@@ -72,6 +72,14 @@ impl Broker {
                 since.entry(b.broker_id).or_insert(now);
             }
         }
+        // Lead only on an image that registers this process's incarnation. An image from before
+        // our registration (a new active controller may serve one) can still name us leader at an
+        // epoch our previous incarnation led; after a power loss our log may lack the tail of
+        // that leadership that followers still hold, and appending at the same epoch would put
+        // two records at one offset that no epoch check can tell apart. The controller moves
+        // leaderships away before it registers a new incarnation, so every image that registers
+        // us already names fresh epochs.
+        let may_lead = image.brokers.get(&me).is_some_and(|b| b.incarnation == cluster.incarnation);
         let old = self.topics.read().unwrap().clone();
         let mut next: BTreeMap<String, Arc<Topic>> = BTreeMap::new();
         for t in image.topics.values() {
@@ -96,7 +104,7 @@ impl Broker {
                 if prev.is_some_and(|p| p.config != tc) {
                     part.state.lock().unwrap().log.set_config(super::log_config(&tc));
                 }
-                self.reconcile_role(&part, pi, now);
+                self.reconcile_role(&part, pi, may_lead, now);
                 parts.insert(idx, part);
             }
             next.insert(
@@ -132,8 +140,9 @@ impl Broker {
         self.appended.send_modify(|v| *v += 1);
     }
 
-    /// Makes one local replica match the image: leader, follower or offline.
-    fn reconcile_role(&self, p: &Arc<Partition>, pi: &PartitionImage, now: i64) {
+    /// Makes one local replica match the image: leader, follower or offline (offline instead of
+    /// leader when `may_lead` is false).
+    fn reconcile_role(&self, p: &Arc<Partition>, pi: &PartitionImage, may_lead: bool, now: i64) {
         let me = self.config.node_id();
         let mut st = p.state.lock().unwrap();
         if st.epochs.is_none() {
@@ -164,6 +173,7 @@ impl Broker {
                 false
             }
             (Role::Follower(f), leader) if leader == f.leader_id() && f.leader_epoch() == pi.leader_epoch => false,
+            (Role::Offline, leader) if leader == me && !may_lead => false,
             _ => true,
         };
         if !changed {
@@ -173,7 +183,11 @@ impl Broker {
         let durable = st.log.recovery_point().min(leo);
         let hw = st.high_watermark().min(leo);
         let log_start = st.log.log_start_offset();
-        let new_role = if pi.leader == me {
+        let new_role = if pi.leader == me && !may_lead {
+            tracing::info!(topic = %p.topic, partition = p.index, epoch = pi.leader_epoch,
+                "not leading from an image that predates this incarnation's registration");
+            Role::Offline
+        } else if pi.leader == me {
             let init = LeaderInit {
                 leader_id: me,
                 leader_epoch: pi.leader_epoch,
@@ -223,9 +237,18 @@ impl Broker {
         // Producer sequences stay: they were rebuilt from the log at open and kept up to date
         // by every append since, as leader and as follower (see `ProducerState::observe_batch`),
         // so a new leader recognises retries of batches its predecessor wrote.
+        // Wake acks=all waiters and long polls so they re-check the new role, and restart the
+        // published high watermark from this role's. `publish_hw` only notifies when the value
+        // grows, and a replica's high watermark is monotonic within one leadership but not
+        // across them: a former leader that truncated as a follower and leads again starts
+        // below what it published before, and without this reset no acks=all waiter would be
+        // woken until the high watermark passed the old leadership's (cluster-disk seed 511:
+        // every probe write timed out after healing). (A value the flusher computed under the
+        // old role and publishes after releasing the lock can still land after this one on a
+        // multi-threaded runtime; `publish_hw` notifying on any change would close that window.)
+        let hw = st.high_watermark();
+        p.hw.send_modify(|v| *v = hw);
         drop(st);
-        // Wake acks=all waiters and long polls so they re-check the new role.
-        p.hw.send_modify(|_| {});
     }
 
     /// Sends an ISR change proposed by a leader to the controller, and applies the answer.

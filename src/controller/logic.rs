@@ -211,17 +211,23 @@ impl ActiveController {
                 return Vec::new();
             }
         }
-        let mut records = vec![MetadataRecord::RegisterBroker {
+        // Leaderships move away *before* the new incarnation is registered: a restarted broker
+        // takes roles only from an image that registers its current incarnation (see
+        // `Broker::apply_image`), so no image it acts on can still name it leader at an epoch
+        // its previous incarnation led (whose unsynced tail the restart may have lost while
+        // followers kept it).
+        let mut records = Vec::new();
+        if image.brokers.contains_key(&broker_id) {
+            let gone = BTreeSet::from([broker_id]);
+            records.extend(self.move_away_from(image, &gone));
+        }
+        records.push(MetadataRecord::RegisterBroker {
             broker_id,
             incarnation: req.incarnation,
             host: req.host.clone(),
             port: req.port,
             rack: req.rack.clone(),
-        }];
-        if image.brokers.contains_key(&broker_id) {
-            let gone = BTreeSet::from([broker_id]);
-            records.extend(self.move_away_from(image, &gone));
-        }
+        });
         records
     }
 

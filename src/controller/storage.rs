@@ -15,9 +15,22 @@
 //! Invariants:
 //! - Nothing is reported persisted until `sync` returned Ok; a failed write or sync is returned to
 //!   the caller, which poisons the quorum (never retried, as the `Disk` contract demands).
-//! - Recovery keeps every frame up to the first torn or corrupt one, cuts the file there and
-//!   syncs the cut. Data that was synced is never behind a torn frame (the file is append-only),
-//!   so a crash at any point loses only unsynced frames.
+//! - Recovery keeps every frame up to the first torn or corrupt one. Data that was synced is
+//!   never behind a torn frame (the file is append-only), so a crash at any point loses only
+//!   unsynced frames.
+//! - `open` trusts nothing it read until it is durable: it rewrites the log it recovered into a
+//!   fresh file (`raft.log.tmp`, sync, rename, directory sync) before raft-rs sees any of it.
+//!   What `open` reads may include writes that never reached the disk: after a failed fsync the
+//!   page cache still shows the dropped writes (Linux, and `SimDisk`), both to a quorum reopened
+//!   in the same process and to a process restarted without a reboot. Without the rewrite such
+//!   a node would acknowledge those entries to the leader, keep appending and syncing behind the
+//!   hole they leave on disk, and after a power loss come back without entries it had
+//!   acknowledged (raft-rs then panics: "to_commit out of range"). With it, the state handed to
+//!   raft-rs is exactly what was just synced, and entries that were read but never acknowledged
+//!   may be kept (holding unacknowledged entries is always allowed in Raft).
+//! - The entries after the snapshot chain to it: if the log holds an entry at the snapshot's
+//!   index with another term (a crash after a leader's snapshot was installed but before the
+//!   log was rewritten), the entries after it are dropped at recovery.
 //! - In memory, `entries` is contiguous and starts right after `snapshot.metadata.index`, or is
 //!   empty; `hard_state.commit` is between the snapshot index and the last index.
 
@@ -69,6 +82,9 @@ pub struct DiskStorage {
     /// The latest snapshot; `data` is the encoded image at `metadata.index`.
     snapshot: Snapshot,
     entries: Vec<Entry>,
+    /// During replay only: the term of the last entry seen at the snapshot index, if the log
+    /// holds one after everything replacing it.
+    snapshot_term_in_log: Option<u64>,
 }
 
 impl DiskStorage {
@@ -95,14 +111,8 @@ impl DiskStorage {
             write_snapshot(disk.as_ref(), dir, &snap)?;
             snap
         };
-        let wal_path = dir.join(WAL_FILE);
-        let wal_existed = disk.exists(&wal_path);
-        let wal = disk.open(&wal_path, true)?;
-        if !wal_existed {
-            // Make the new file's directory entry durable before anything in it is trusted.
-            wal.sync_data()?;
-            disk.sync_dir(dir)?;
-        }
+        // A missing log is an empty one; the rewrite below creates it.
+        let wal = disk.open(&dir.join(WAL_FILE), true)?;
         let mut storage = DiskStorage {
             disk,
             dir: dir.to_path_buf(),
@@ -112,8 +122,11 @@ impl DiskStorage {
             conf_state: snapshot.get_metadata().get_conf_state().clone(),
             snapshot,
             entries: Vec::new(),
+            snapshot_term_in_log: None,
         };
         storage.replay_wal()?;
+        // Trust nothing that was read until it is durable: see the module docs.
+        storage.rewrite_wal()?;
         Ok(storage)
     }
 
@@ -137,13 +150,15 @@ impl DiskStorage {
             }
             offset = end;
         }
-        if offset != file_len {
-            // A torn or corrupt tail: cut it so new frames follow the last good one.
-            self.wal.set_len(offset)?;
-            self.wal.sync_data()?;
-        }
+        // A torn or corrupt tail past `offset` is dropped by the rewrite that `open` does next.
         self.wal_len = offset;
         let snap_index = self.snapshot.get_metadata().index;
+        if self.snapshot_term_in_log.is_some_and(|t| t != self.snapshot.get_metadata().term) {
+            // The log's entry at the snapshot index is from another term: the entries after it
+            // belong to a history the snapshot replaced (a crash between installing a leader's
+            // snapshot and rewriting the log). They do not chain to the snapshot; drop them.
+            self.entries.clear();
+        }
         let commit = self.hard_state.commit.max(snap_index).min(self.last_index_inner());
         self.hard_state.commit = commit;
         self.hard_state.term = self.hard_state.term.max(self.snapshot.get_metadata().term);
@@ -172,6 +187,11 @@ impl DiskStorage {
         let snap_index = self.snapshot.get_metadata().index;
         for e in entries {
             if e.index <= snap_index {
+                // Covered by the snapshot, but it still replaces every later entry (the
+                // conflict rule), and the one at the snapshot index tells whether the entries
+                // after it chain to the snapshot.
+                self.entries.clear();
+                self.snapshot_term_in_log = (e.index == snap_index).then_some(e.term);
                 continue;
             }
             if e.index > self.last_index_inner() + 1 {
@@ -456,5 +476,45 @@ impl Storage for DiskStorage {
             return Err(store_err(StorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(self.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+    use crate::runtime::MemDisk;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index, term, data: vec![index as u8].into(), ..Default::default() }
+    }
+
+    /// A log with entries 1..=5 of term 1, synced, then a snapshot at index 3 with `snap_term`
+    /// written as `install_snapshot` writes it, "crashing" before the log is rewritten.
+    fn reopen_after_snapshot_without_rewrite(snap_term: u64) -> DiskStorage {
+        let disk: Arc<dyn Disk> = Arc::new(MemDisk::new());
+        let dir = Path::new("/c");
+        let mut st = DiskStorage::open(disk.clone(), dir, &[1], Vec::new()).unwrap();
+        st.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+        st.sync().unwrap();
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 3;
+        snap.mut_metadata().term = snap_term;
+        snap.mut_metadata().mut_conf_state().voters = vec![1];
+        write_snapshot(disk.as_ref(), dir, &snap).unwrap();
+        drop(st);
+        DiskStorage::open(disk, dir, &[1], Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn entries_that_do_not_chain_to_the_snapshot_are_dropped() {
+        // Proves recovery keeps the entries after a snapshot only when the log's entry at the
+        // snapshot index has the snapshot's term: a leader's snapshot from another history
+        // replaces them (they would otherwise follow it without matching it).
+        let st = reopen_after_snapshot_without_rewrite(2);
+        assert_eq!(st.last_index_inner(), 3, "entries 4 and 5 belong to the replaced history");
+        assert_eq!(st.term(3).unwrap(), 2);
+        let st = reopen_after_snapshot_without_rewrite(1);
+        assert_eq!(st.last_index_inner(), 5, "entries after a matching snapshot are kept");
+        assert_eq!(st.entries_range(4, 6).iter().map(|e| e.term).collect::<Vec<_>>(), vec![1, 1]);
     }
 }

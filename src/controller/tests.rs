@@ -428,7 +428,8 @@ fn replicas_with_leader(replicas: &[i32], leader: i32) -> Vec<i32> {
 #[test]
 fn reregistration_moves_leadership_away() {
     // Proves a broker that re-registers with a new incarnation (it restarted) is fenced and loses
-    // its leaderships to ISR members, and that a retried registration is a no-op.
+    // its leaderships to ISR members before its new incarnation is registered, and that a
+    // retried registration is a no-op.
     let mut image = MetadataImage::new();
     register(&mut image, &[1, 2]);
     let mut ac = ActiveController::new(9);
@@ -436,6 +437,12 @@ fn reregistration_moves_leadership_away() {
     let recs = ac.create_topic(&image, "t", 2, 2, BTreeMap::new()).unwrap();
     apply_all(&mut image, &recs);
     let recs = ac.register_broker(&image, &reg_req(1, 2), 0);
+    // The new incarnation is registered only after its leaderships moved: an image that shows
+    // it never names it leader at an epoch the old incarnation led.
+    assert!(matches!(recs.last(), Some(MetadataRecord::RegisterBroker { incarnation: 2, .. })), "{recs:?}");
+    let mut partial = image.clone();
+    apply_all(&mut partial, &recs[..recs.len() - 1]);
+    assert!(partial.topics.values().flat_map(|t| t.partitions.values()).all(|p| p.leader != 1));
     apply_all(&mut image, &recs);
     assert!(image.brokers[&1].fenced);
     assert!(image.topics.values().flat_map(|t| t.partitions.values()).all(|p| p.leader == 2 && p.isr == vec![2]));
@@ -477,6 +484,11 @@ struct Harness {
     /// Every event, for the determinism check.
     trace: Vec<String>,
     restarts: u64,
+    /// What happens to a node whose storage failed: false, it is killed (power loss) and
+    /// restarted; true, it is reopened from the same disk without a crash, as the controller
+    /// shell does, so the reopened node reads a page cache that may hold writes the failed
+    /// fsync dropped.
+    reopen_in_place: bool,
 }
 
 fn dir() -> PathBuf {
@@ -498,6 +510,7 @@ impl Harness {
             applied: BTreeMap::new(),
             trace: Vec::new(),
             restarts: 0,
+            reopen_in_place: false,
         };
         for id in VOTERS {
             h.disks.insert(id, TestDisk::Mem(MemDisk::new()));
@@ -577,7 +590,11 @@ impl Harness {
     /// A node hit a storage failure (it is poisoned): kill it and restart it later.
     fn fail(&mut self, id: u64, why: ControllerError) {
         self.trace.push(format!("{id} failed: {why}"));
-        self.crash(id);
+        if self.reopen_in_place {
+            self.nodes.insert(id, None);
+        } else {
+            self.crash(id);
+        }
         self.restart_pending.insert(id);
     }
 
@@ -963,12 +980,23 @@ fn single_voter_commits_and_recovers_torn_log_tail() {
     let log = disk.open(&dir().join("raft.log"), false).unwrap();
     let len = log.len().unwrap();
     log.write_at(&[0, 0, 0, 40, 1, 2, 3, 4, 5, 6], len).unwrap();
-    let q = ControllerQuorum::open(1, vec![1], disk.clone(), &dir(), 3).unwrap();
+    let mut q = ControllerQuorum::open(1, vec![1], disk.clone(), &dir(), 3).unwrap();
     assert_eq!(q.image().next_producer_id, 9);
     assert!(q.image().brokers.contains_key(&1));
-    assert_eq!(disk.open(&dir().join("raft.log"), false).unwrap().len().unwrap(), len, "torn tail cut");
+    // The reopen rewrote the log without the garbage (and more compactly).
+    let rewritten = disk.open(&dir().join("raft.log"), false).unwrap().len().unwrap();
+    assert!(rewritten < len, "torn tail cut: {rewritten} bytes, was {len} before the garbage");
+    for _ in 0..3 * ELECTION_TICKS {
+        q.tick();
+        q.ready().unwrap();
+    }
+    assert!(q.is_leader());
+    q.propose(&pid(12)).unwrap();
+    assert_eq!(q.ready().unwrap().committed.len(), 1);
     drop(q);
-    // Flip a bit inside the last frame: it is dropped as corrupt, earlier ones stay.
+    // Flip a bit inside the last frame (the unsynced commit index): it is dropped as corrupt,
+    // earlier ones stay.
+    let len = disk.open(&dir().join("raft.log"), false).unwrap().len().unwrap();
     mem.flip_bit(&dir().join("raft.log"), len as usize - 3, 1);
     let mut q = ControllerQuorum::open(1, vec![1], disk, &dir(), 3).unwrap();
     for _ in 0..3 * ELECTION_TICKS {
@@ -976,19 +1004,33 @@ fn single_voter_commits_and_recovers_torn_log_tail() {
         q.ready().unwrap();
     }
     assert!(q.is_leader());
-    assert_eq!(q.image().next_producer_id, 9, "entries before the corrupt frame are kept and recommitted");
+    assert_eq!(q.image().next_producer_id, 12, "entries before the corrupt frame are kept and recommitted");
 }
 
 #[test]
 fn storage_faults_never_lose_committed_records() {
     // Proves that with fsync EIO, ENOSPC, torn writes and bit flips injected by SimDisk (nodes
-    // poison themselves and are restarted from disk), no record any node reported committed is
-    // lost, and once faults stop the three images converge.
+    // poison themselves and are restarted from disk after a power loss), no record any node
+    // reported committed is lost, and once faults stop the three images converge.
+    storage_faults_scenario(false);
+}
+
+#[test]
+fn reopen_after_fsync_error_trusts_only_durable_state() {
+    // Proves that a node reopened in place after a failed fsync (its page cache still shows the
+    // writes the fsync dropped) never acknowledges entries its disk does not hold: later power
+    // losses of any node lose no committed record, and raft-rs never sees a follower whose log
+    // is behind what it acknowledged (it would panic with "to_commit out of range").
+    storage_faults_scenario(true);
+}
+
+fn storage_faults_scenario(reopen_in_place: bool) {
     let config =
         SimDiskConfig { fsync_eio_per_mille: 20, enospc_per_mille: 10, tear_per_mille: 500, bitflip_per_mille: 200 };
     let mut faulty_seeds = 0;
     for seed in 0..seeds(16) {
         let mut h = Harness::with_sim_disks(1000 + seed, config);
+        h.reopen_in_place = reopen_in_place;
         let mut next = 0;
         for _ in 0..40 {
             if let Some(l) = h.leader() {

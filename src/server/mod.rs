@@ -50,18 +50,24 @@ pub struct Server {
 
 impl Server {
     /// Recovers the data directory and binds the client listener.
+    ///
+    /// The controller starts last: it spawns tasks that live on their own, so any step that can
+    /// still fail (opening the broker's stores, binding the client listener) comes before it. A
+    /// failed `bind` leaves nothing running, and retrying it is like restarting the process
+    /// (a controller left behind would keep voting on a log that the retry's controller
+    /// rewrites under it).
     pub async fn bind(config: Arc<BrokerConfig>, disk: Arc<dyn Disk>) -> Result<Server, ServerError> {
         let (_, is_controller) = config.process_roles();
-        let controller = if config.is_cluster_mode() && is_controller {
-            Some(crate::cluster::controller::ControllerNode::start(config.clone(), disk.clone()).await?)
-        } else {
-            None
-        };
-        let broker = Broker::open(config.clone(), disk)?;
+        let broker = Broker::open(config.clone(), disk.clone())?;
         let l = config.client_listener();
         let addr = format!("{}:{}", l.host, l.port);
         let listener =
             TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
+        let controller = if config.is_cluster_mode() && is_controller {
+            Some(crate::cluster::controller::ControllerNode::start(config.clone(), disk).await?)
+        } else {
+            None
+        };
         if broker.cluster().is_some() {
             crate::cluster::agent::start(broker.clone());
         }
