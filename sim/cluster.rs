@@ -24,7 +24,8 @@
 //! replaced).
 //!
 //! Node layout: brokers `10.0.0.{1,2,3}` (node ids 1..3, broker index 0..2), producers
-//! `10.0.1.x`, consumers `10.0.2.x`, helpers (setup, leader watcher, probe, final reader)
+//! `10.0.1.x`, consumers by assign `10.0.2.x`, consumers by subscribe (one group) `10.0.4.x`,
+//! helpers (setup, leader watcher, probe, final reader)
 //! `10.0.3.x`. `RUNNEL_SIM_LOG=filter` turns on tracing.
 
 use std::collections::BTreeMap;
@@ -110,6 +111,10 @@ struct ClusterSettings {
     request_timeout_ms: u64,
     producers: Vec<ProducerSpec>,
     consumers: Vec<Vec<i32>>,
+    /// Consumers by subscribe (one consumer group; its offsets live in the replicated
+    /// `__consumer_offsets`).
+    group_consumers: usize,
+    group_session_timeout_ms: u64,
     safety_ms: u64,
     disk: SimDiskConfig,
     disk_seed: u64,
@@ -170,6 +175,9 @@ impl ClusterSettings {
             let gap = if rng.gen_bool(0.3) { rng.gen_range(20..300) } else { rng.gen_range(300..2_000) };
             t += dur_ms + gap;
         }
+        // Drawn last so the draws above stay what they were before group consumers existed.
+        let group_consumers = rng.gen_range(0..=2);
+        let group_session_timeout_ms = rng.gen_range(1_000..6_000);
         let mut disk = disk;
         if !disk_errors {
             // Crashes still tear and flip unsynced tails; only fsync EIO and ENOSPC are off.
@@ -185,6 +193,8 @@ impl ClusterSettings {
             request_timeout_ms,
             producers,
             consumers,
+            group_consumers,
+            group_session_timeout_ms,
             safety_ms,
             disk,
             disk_seed,
@@ -210,6 +220,8 @@ impl ClusterSettings {
             let parts: Vec<String> = c.iter().map(|p| p.to_string()).collect();
             let _ = writeln!(s, "consumer = {}", parts.join(","));
         }
+        let _ = writeln!(s, "group_consumers = {}", self.group_consumers);
+        let _ = writeln!(s, "group_session_timeout_ms = {}", self.group_session_timeout_ms);
         let _ = writeln!(s, "safety_ms = {}", self.safety_ms);
         let d = &self.disk;
         let _ = writeln!(
@@ -243,6 +255,8 @@ impl ClusterSettings {
             request_timeout_ms: 1_000,
             producers: Vec::new(),
             consumers: Vec::new(),
+            group_consumers: 0,
+            group_session_timeout_ms: 6_000,
             safety_ms: 5_000,
             disk: SimDiskConfig::default(),
             disk_seed: 0,
@@ -271,6 +285,8 @@ impl ClusterSettings {
                 "replica_lag_ms" => s.replica_lag_ms = num(v)?,
                 "request_timeout_ms" => s.request_timeout_ms = num(v)?,
                 "safety_ms" => s.safety_ms = num(v)?,
+                "group_consumers" => s.group_consumers = num(v)? as usize,
+                "group_session_timeout_ms" => s.group_session_timeout_ms = num(v)?,
                 "disk_seed" => s.disk_seed = num(v)?,
                 "producer" => {
                     let mut p = ProducerSpec { acks: -1, idempotent: false, batch_max: 1, pause_max_ms: 10 };
@@ -328,13 +344,15 @@ impl ClusterSettings {
 
     fn summary(&self) -> String {
         let mut s = format!(
-            "nodes={NODES} partitions={} rf=3 min.insync=2 segment_bytes={} replica.lag.time.max.ms={} request_timeout_ms={} producers(acks=all, batch_max, pause_max_ms)=[{}] consumers={:?} safety_ms={} disk={:?} episodes={}:",
+            "nodes={NODES} partitions={} rf=3 min.insync=2 segment_bytes={} replica.lag.time.max.ms={} request_timeout_ms={} producers(acks=all, batch_max, pause_max_ms)=[{}] consumers={:?} group_consumers={} (session {} ms) safety_ms={} disk={:?} episodes={}:",
             self.partitions,
             self.segment_bytes,
             self.replica_lag_ms,
             self.request_timeout_ms,
             self.producers.iter().map(|p| format!("({},{})", p.batch_max, p.pause_max_ms)).collect::<Vec<_>>().join(" "),
             self.consumers,
+            self.group_consumers,
+            self.group_session_timeout_ms,
             self.safety_ms,
             self.disk,
             self.episodes.len()
@@ -361,6 +379,11 @@ fn node_config(s: &ClusterSettings, i: usize) -> Arc<BrokerConfig> {
             ("default.replication.factor", "3".to_string()),
             ("min.insync.replicas", "2".to_string()),
             ("offsets.topic.replication.factor", "3".to_string()),
+            // Few offsets partitions keep the simulation fast; coordinators still move.
+            ("offsets.topic.num.partitions", "3".to_string()),
+            ("group.initial.rebalance.delay.ms", "0".to_string()),
+            // The group consumers draw session timeouts from 1 s (Kafka's floor is 6 s).
+            ("group.min.session.timeout.ms", "500".to_string()),
             ("log.segment.bytes", s.segment_bytes.to_string()),
             ("replica.lag.time.max.ms", s.replica_lag_ms.to_string()),
         ])
@@ -671,6 +694,10 @@ pub async fn run(disk_errors: bool) {
         let node = cluster.client_node(&format!("consumer-{i}"), 2);
         consumers.push(node.spawn(workload::consumer(cluster.ctx.clone(), i, parts.clone())));
     }
+    for i in 0..s.group_consumers {
+        let node = cluster.client_node(&format!("group-consumer-{i}"), 4);
+        consumers.push(node.spawn(workload::group_consumer(cluster.ctx.clone(), i, s.group_session_timeout_ms)));
+    }
 
     // Safety phase: play the episodes; at most one node is down or isolated at any time.
     let t0 = history.now_ms();
@@ -725,6 +752,10 @@ pub async fn run(disk_errors: bool) {
     let finals = reader.spawn(workload::final_read(cluster.ctx.clone(), s.partitions, deadline)).await.expect("final");
     live.final_read_failed = finals.is_none();
     let hws: BTreeMap<i32, i64> = finals.iter().flatten().map(|(p, (hw, _))| (*p, *hw)).collect();
+    // Consumers by assign on each of their partitions, and the group (some member) on every
+    // partition, must catch up with the final high watermarks.
+    let groups = s.group_consumers > 0;
+    live.group_caught_up = groups.then_some(false);
     while history.now_ms() < deadline {
         let pos = cluster.ctx.positions.lock().unwrap().clone();
         let life = cluster.ctx.incarnation.load(Ordering::SeqCst);
@@ -734,8 +765,16 @@ pub async fn run(disk_errors: bool) {
                 None => true,
             })
         });
-        if !behind {
-            live.consumers_caught_up = true;
+        live.consumers_caught_up = !behind;
+        if groups {
+            let gpos = cluster.ctx.group_positions.lock().unwrap().clone();
+            let group_done = (0..s.partitions).all(|p| {
+                let hw = *hws.get(&p).unwrap_or(&0);
+                hw == 0 || gpos.iter().any(|(&(_, q), &(at, inc))| q == p && inc == life && at >= hw)
+            });
+            live.group_caught_up = Some(group_done);
+        }
+        if live.consumers_caught_up && live.group_caught_up != Some(false) {
             break;
         }
         madsim::time::sleep(Duration::from_millis(50)).await;
