@@ -39,7 +39,20 @@ pub(super) enum AckWait {
     /// Single node: the local fsync covering offsets below this.
     Fsync(i64),
     /// Cluster leader: the high watermark reaching `upto` (every ISR member fsynced it).
-    HighWatermark { upto: i64, min_insync_replicas: i32 },
+    /// The leader epoch of the append is kept: a leader that lost and regained leadership in
+    /// the meantime may have truncated the record and refilled its offsets with others, so a
+    /// high watermark of a later epoch proves nothing about it.
+    HighWatermark { upto: i64, min_insync_replicas: i32, leader_epoch: i32 },
+}
+
+impl AckWait {
+    /// The leader epoch an acks=all wait is bound to (cluster leaders only).
+    pub(super) fn leader_epoch(&self) -> Option<i32> {
+        match self {
+            AckWait::HighWatermark { leader_epoch, .. } => Some(*leader_epoch),
+            AckWait::Fsync(_) => None,
+        }
+    }
 }
 
 struct ProducePart {
@@ -678,7 +691,7 @@ impl Broker {
 
 fn ack_wait_for(role: &Role, upto: i64, min_insync_replicas: i32) -> AckWait {
     match role {
-        Role::Leader(_) => AckWait::HighWatermark { upto, min_insync_replicas },
+        Role::Leader(l) => AckWait::HighWatermark { upto, min_insync_replicas, leader_epoch: l.leader_epoch() },
         _ => AckWait::Fsync(upto),
     }
 }
@@ -700,7 +713,7 @@ pub(super) async fn wait_for_ack(p: &Arc<Partition>, wait: AckWait) -> i16 {
                 }
             }
         }
-        AckWait::HighWatermark { upto, min_insync_replicas } => {
+        AckWait::HighWatermark { upto, min_insync_replicas, leader_epoch } => {
             let mut rx = p.hw.subscribe();
             loop {
                 rx.borrow_and_update();
@@ -710,6 +723,7 @@ pub(super) async fn wait_for_ack(p: &Arc<Partition>, wait: AckWait) -> i16 {
                 {
                     let st = p.state.lock().unwrap();
                     match &st.role {
+                        Role::Leader(l) if l.leader_epoch() != leader_epoch => return errors::NOT_LEADER_OR_FOLLOWER,
                         Role::Leader(l) => {
                             if let Some(code) = l.acks_all_ready(upto, min_insync_replicas).error_code() {
                                 return code;

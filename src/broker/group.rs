@@ -15,7 +15,7 @@
 //!   visible to OffsetFetch as soon as they are appended, slightly before they are durable.
 //! - Group membership is in memory only; committed offsets survive restarts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -44,7 +44,8 @@ pub const OFFSETS_DIR: &str = "__consumer_offsets";
 pub struct Groups {
     inner: Mutex<Inner>,
     /// Cluster mode: offsets partitions this broker leads and has loaded.
-    pub(super) loaded_offsets_partitions: Mutex<std::collections::BTreeSet<i32>>,
+    /// (With the leader epoch of the load.)
+    pub(super) loaded_offsets_partitions: Mutex<std::collections::BTreeMap<i32, i32>>,
     /// Cluster mode: a request to create the offsets topic is in flight.
     pub(super) creating_offsets_topic: std::sync::atomic::AtomicBool,
 }
@@ -110,9 +111,38 @@ impl Groups {
                 OffsetsRecord::DeleteGroup => {
                     g.offsets.delete_group(group)?;
                 }
+                OffsetsRecord::Barrier => {}
             }
         }
         Ok(())
+    }
+
+    /// Cluster mode: applies committed records to the view if offsets partition `p` is still
+    /// loaded in `epoch` (the epoch they were appended in); returns whether it was. Takes the
+    /// group lock before the loaded-partitions lock, as `coordinator_gate` callers do.
+    pub(super) fn apply_offsets_records_if_loaded(
+        &self,
+        p: i32,
+        epoch: i32,
+        records: &[(String, super::offsets_topic::OffsetsRecord)],
+    ) -> Result<bool, crate::group::OffsetStoreError> {
+        use super::offsets_topic::OffsetsRecord;
+        let mut g = self.inner.lock().unwrap();
+        if self.loaded_offsets_partitions.lock().unwrap().get(&p) != Some(&epoch) {
+            return Ok(false);
+        }
+        for (group, rec) in records {
+            match rec {
+                OffsetsRecord::Commit { topic, partition, value } => {
+                    g.offsets.commit(group, &[(topic.clone(), *partition, value.clone())])?
+                }
+                OffsetsRecord::DeleteGroup => {
+                    g.offsets.delete_group(group)?;
+                }
+                OffsetsRecord::Barrier => {}
+            }
+        }
+        Ok(true)
     }
 
     /// Cluster mode: forgets the committed offsets of every group `pred` selects (this broker
@@ -228,7 +258,7 @@ impl Broker {
         let listener = self.config().advertised_listener();
         let me = (self.config().node_id(), listener.host, listener.port);
         let Some(img) = self.image() else { return Ok(me) };
-        let Some((_, leader)) = self.offsets_partition_of(key) else {
+        let Some((_, leader, _)) = self.offsets_partition_of(key) else {
             self.ensure_offsets_topic();
             return Err(errors::COORDINATOR_NOT_AVAILABLE);
         };
@@ -498,17 +528,8 @@ impl Broker {
                         value: value.clone(),
                     })
                     .collect();
-                let mut code = broker.replicate_offsets_records(&group_id, &records).await;
-                if code == errors::NONE {
-                    // Still coordinating (not unloaded meanwhile): the view takes the commit.
-                    code = broker.coordinator_gate(&group_id);
-                    if code == errors::NONE {
-                        if let Err(e) = broker.groups.inner.lock().unwrap().offsets.commit(&group_id, &commits) {
-                            tracing::error!(group = %group_id, error = %e, "updating the offsets view failed");
-                            code = errors::COORDINATOR_NOT_AVAILABLE;
-                        }
-                    }
-                }
+                // Appended, committed and applied to the view (if still this epoch's).
+                let code = broker.replicate_offsets_records(&group_id, &records).await;
                 let mut results = results;
                 if code != errors::NONE {
                     fail_accepted_with(&mut results, code);
@@ -545,8 +566,44 @@ impl Broker {
         }))
     }
 
+    /// OffsetFetch in cluster mode: a barrier is committed for each group this broker
+    /// coordinates (see `offsets_topic.rs`), then the view answers; a group whose barrier
+    /// fails gets that error.
+    pub(super) fn offset_fetch_cluster(self: &Arc<Self>, req: OffsetFetchRequest, ctx: RequestContext) -> Reply {
+        let b = self.clone();
+        Reply::Wait(Box::pin(async move {
+            let groups: Vec<String> = if ctx.version >= 8 {
+                req.groups.iter().map(|g| g.group_id.to_string()).collect()
+            } else {
+                vec![req.group_id.to_string()]
+            };
+            let mut failed = BTreeMap::new();
+            for group in groups {
+                if b.coordinator_gate(&group) != errors::NONE {
+                    continue;
+                }
+                let code = b.replicate_offsets_records(&group, &[super::offsets_topic::OffsetsRecord::Barrier]).await;
+                if code != errors::NONE {
+                    failed.insert(group, code);
+                }
+            }
+            b.offset_fetch_with(req, &ctx, &failed)
+        }))
+    }
+
     /// OffsetFetch (v8+: several groups).
     pub(super) fn offset_fetch(self: &Arc<Self>, req: OffsetFetchRequest, ctx: &RequestContext) -> Bytes {
+        self.offset_fetch_with(req, ctx, &BTreeMap::new())
+    }
+
+    /// OffsetFetch, with `failed` groups answered with their error code.
+    fn offset_fetch_with(
+        self: &Arc<Self>,
+        req: OffsetFetchRequest,
+        ctx: &RequestContext,
+        failed: &BTreeMap<String, i16>,
+    ) -> Bytes {
+        let gate = |group: &str| failed.get(group).copied().unwrap_or_else(|| self.coordinator_gate(group));
         let g = self.groups.inner.lock().unwrap();
         let lookup = |group: &str, topics: Option<Vec<(String, Vec<i32>)>>| -> FetchedTopics {
             let value = |t: &str, p: i32| match g.offsets.fetch(group, t, p) {
@@ -585,7 +642,7 @@ impl Broker {
                         .map(|ts| ts.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect());
                     let mut og = offset_fetch_response::OffsetFetchResponseGroup::default();
                     og.group_id = rg.group_id.clone();
-                    og.error_code = self.coordinator_gate(&rg.group_id.0);
+                    og.error_code = gate(&rg.group_id.0);
                     if og.error_code != errors::NONE {
                         return og;
                     }
@@ -611,8 +668,8 @@ impl Broker {
                     og
                 })
                 .collect();
-        } else if self.coordinator_gate(&req.group_id.0) != errors::NONE {
-            resp.error_code = self.coordinator_gate(&req.group_id.0);
+        } else if gate(&req.group_id.0) != errors::NONE {
+            resp.error_code = gate(&req.group_id.0);
         } else {
             let topics = req
                 .topics
@@ -739,14 +796,10 @@ impl Broker {
                         Err(code) => code,
                         Ok(known) => {
                             let had_offsets = b.groups.inner.lock().unwrap().offsets.has_group(&id.0);
-                            let replicated = if b.cluster.is_some() && (known || had_offsets) {
+                            if b.cluster.is_some() && (known || had_offsets) {
+                                // Committed to __consumer_offsets and applied to the view.
                                 b.replicate_offsets_records(&id.0, &[super::offsets_topic::OffsetsRecord::DeleteGroup])
                                     .await
-                            } else {
-                                errors::NONE
-                            };
-                            if replicated != errors::NONE {
-                                replicated
                             } else {
                                 match b.groups.inner.lock().unwrap().offsets.delete_group(&id.0) {
                                     Ok(had) if known || had => errors::NONE,

@@ -621,6 +621,12 @@ impl Broker {
                 Ok(r) => self.offset_commit(r, ctx),
                 Err(e) => Reply::Close(format!("malformed OffsetCommit v{v}: {e}")),
             },
+            ApiKey::OffsetFetch if self.cluster.is_some() => {
+                match protocol::decode_body::<OffsetFetchRequest>(&mut frame, v) {
+                    Ok(r) => self.offset_fetch_cluster(r, ctx),
+                    Err(e) => Reply::Close(format!("malformed OffsetFetch v{v}: {e}")),
+                }
+            }
             ApiKey::OffsetFetch => self.sync::<OffsetFetchRequest>(&ctx, frame, |b, r, c| b.offset_fetch(r, c)),
             ApiKey::ListGroups => self.sync::<ListGroupsRequest>(&ctx, frame, |b, r, c| b.list_groups(r, c)),
             ApiKey::DescribeGroups => {

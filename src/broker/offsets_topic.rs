@@ -15,6 +15,11 @@
 //!   (its own log is the authority for a leader) into the in-memory view and answers
 //!   COORDINATOR_LOAD_IN_PROGRESS until done. When it stops leading, it forgets those groups.
 //!
+//! - An OffsetFetch is answered only after a barrier record (no change) has been committed to
+//!   the group's partition in the epoch of the view: a former leader partitioned away, which
+//!   still believes it coordinates the group, cannot commit it and so never serves offsets
+//!   that its successor has since overwritten (the 3-node simulation found exactly that).
+//!
 //! So a committed offset survives the loss of its coordinator exactly as an acks=all record
 //! survives the loss of its leader. Group membership (members, generation) is not persisted:
 //! after a coordinator move the members rejoin, as they would after Kafka's coordinator
@@ -28,7 +33,7 @@
 //! partition i32, offset i64, leader_epoch i32, metadata (i32 length, -1 = null), commit_ms
 //! i64` for a commit, `2` for a group deletion.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +55,7 @@ pub const OFFSET_COMMIT_TIMEOUT_MS: u64 = 5_000;
 const LOAD_READ_BYTES: usize = 1024 * 1024;
 const KIND_COMMIT: u8 = 1;
 const KIND_DELETE_GROUP: u8 = 2;
+const KIND_BARRIER: u8 = 3;
 
 /// One decoded record of the offsets topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +64,10 @@ pub enum OffsetsRecord {
     Commit { topic: String, partition: i32, value: CommittedOffset },
     /// The group and all its offsets were deleted.
     DeleteGroup,
+    /// No change: committed before an OffsetFetch is answered, so only a coordinator that can
+    /// still commit to the partition (not one partitioned away that has not yet learnt of its
+    /// successor) answers from its view.
+    Barrier,
 }
 
 /// Encodes one record value.
@@ -80,6 +90,7 @@ pub fn encode_value(rec: &OffsetsRecord) -> Vec<u8> {
             b.extend_from_slice(&value.commit_ms.to_be_bytes());
         }
         OffsetsRecord::DeleteGroup => b.push(KIND_DELETE_GROUP),
+        OffsetsRecord::Barrier => b.push(KIND_BARRIER),
     }
     b
 }
@@ -103,6 +114,7 @@ pub fn decode_value(v: &[u8]) -> Option<OffsetsRecord> {
             })
         }
         KIND_DELETE_GROUP => r.is_empty().then_some(OffsetsRecord::DeleteGroup),
+        KIND_BARRIER => r.is_empty().then_some(OffsetsRecord::Barrier),
         _ => None,
     }
 }
@@ -113,13 +125,14 @@ pub fn partition_for(group: &str, partitions: usize) -> i32 {
 }
 
 impl Broker {
-    /// In cluster mode: the offsets partition of `group` and its leader (or [`NO_LEADER`]), or
-    /// `None` while the offsets topic does not exist.
-    pub(super) fn offsets_partition_of(&self, group: &str) -> Option<(i32, i32)> {
+    /// In cluster mode: the offsets partition of `group`, its leader (or [`NO_LEADER`]) and
+    /// leader epoch, or `None` while the offsets topic does not exist.
+    pub(super) fn offsets_partition_of(&self, group: &str) -> Option<(i32, i32, i32)> {
         let img = self.image()?;
         let t = img.topic_by_name(OFFSETS_TOPIC)?;
         let p = partition_for(group, t.partitions.len());
-        Some((p, t.partitions.get(&p).map_or(NO_LEADER, |pi| pi.leader)))
+        let (leader, epoch) = t.partitions.get(&p).map_or((NO_LEADER, -1), |pi| (pi.leader, pi.leader_epoch));
+        Some((p, leader, epoch))
     }
 
     /// Asks the controller to create the offsets topic (once at a time; errors are retried
@@ -158,17 +171,17 @@ impl Broker {
     }
 
     /// Whether this broker may serve `group` now: NONE on a standalone node or when it leads
-    /// the group's offsets partition and has loaded it; otherwise NOT_COORDINATOR or
-    /// COORDINATOR_LOAD_IN_PROGRESS.
+    /// the group's offsets partition and has loaded it in the current leader epoch; otherwise
+    /// NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS.
     pub(super) fn coordinator_gate(&self, group: &str) -> i16 {
         if self.cluster.is_none() {
             return errors::NONE;
         }
-        let Some((p, leader)) = self.offsets_partition_of(group) else { return errors::NOT_COORDINATOR };
+        let Some((p, leader, epoch)) = self.offsets_partition_of(group) else { return errors::NOT_COORDINATOR };
         if leader != self.config().node_id() {
             return errors::NOT_COORDINATOR;
         }
-        if self.groups.loaded_offsets_partitions.lock().unwrap().contains(&p) {
+        if self.groups.loaded_offsets_partitions.lock().unwrap().get(&p) == Some(&epoch) {
             errors::NONE
         } else {
             errors::COORDINATOR_LOAD_IN_PROGRESS
@@ -182,28 +195,39 @@ impl Broker {
         if self.cluster.is_none() {
             return;
         }
-        let led: BTreeSet<i32> = self
+        // Partition -> leader epoch of every offsets partition this broker leads now. A view
+        // loaded in another epoch is stale (the partition may have been led elsewhere in
+        // between, even if this broker leads it again), so it is dropped and reloaded.
+        let led: BTreeMap<i32, i32> = self
             .topic(OFFSETS_TOPIC)
             .map(|t| {
                 t.partitions
                     .iter()
-                    .filter(|(_, p)| matches!(p.state.lock().unwrap().role, Role::Leader(_)))
-                    .map(|(&i, _)| i)
+                    .filter_map(|(&i, p)| match &p.state.lock().unwrap().role {
+                        Role::Leader(l) => Some((i, l.leader_epoch())),
+                        _ => None,
+                    })
                     .collect()
             })
             .unwrap_or_default();
         let loaded = self.groups.loaded_offsets_partitions.lock().unwrap().clone();
         let partitions = self.image().and_then(|i| i.topic_by_name(OFFSETS_TOPIC).map(|t| t.partitions.len()));
-        for &p in loaded.difference(&led) {
+        for (&p, e) in &loaded {
+            if led.get(&p) == Some(e) {
+                continue;
+            }
             self.groups.loaded_offsets_partitions.lock().unwrap().remove(&p);
             let n = partitions.unwrap_or(0);
             let dropped = self.groups.forget_groups(|g| n == 0 || partition_for(g, n) == p);
             tracing::debug!(partition = p, groups = dropped, "no longer coordinating an offsets partition");
         }
-        for &p in led.difference(&loaded) {
-            match self.load_offsets_partition(p) {
+        for (&p, &e) in &led {
+            if loaded.get(&p) == Some(&e) {
+                continue;
+            }
+            match self.load_offsets_partition(p, e) {
                 Ok(n) => {
-                    self.groups.loaded_offsets_partitions.lock().unwrap().insert(p);
+                    self.groups.loaded_offsets_partitions.lock().unwrap().insert(p, e);
                     if n > 0 {
                         tracing::info!(partition = p, records = n, "loaded an offsets partition");
                     } else {
@@ -215,8 +239,9 @@ impl Broker {
         }
     }
 
-    /// Reads offsets partition `p` from this broker's log into the in-memory view.
-    fn load_offsets_partition(&self, p: i32) -> Result<usize, String> {
+    /// Reads offsets partition `p`, led here in `epoch`, from this broker's log into the
+    /// in-memory view.
+    fn load_offsets_partition(&self, p: i32, epoch: i32) -> Result<usize, String> {
         let part = self
             .topic(OFFSETS_TOPIC)
             .and_then(|t| t.partitions.get(&p).cloned())
@@ -224,8 +249,8 @@ impl Broker {
         let mut records: Vec<(String, OffsetsRecord)> = Vec::new();
         {
             let st = part.state.lock().unwrap();
-            if !matches!(st.role, Role::Leader(_)) {
-                return Err("not the leader".into());
+            if !matches!(&st.role, Role::Leader(l) if l.leader_epoch() == epoch) {
+                return Err("no longer the leader in that epoch".into());
             }
             let mut bad = None;
             st.log
@@ -256,11 +281,12 @@ impl Broker {
         Ok(n)
     }
 
-    /// Appends `records` (all for `group`) to the group's offsets partition and waits until
-    /// they are committed. Returns the error code for the group's requests: NONE, or
+    /// Appends `records` (all for `group`) to the group's offsets partition, waits until they
+    /// are committed and applies them to the in-memory view if it is still the one loaded in
+    /// the leader epoch of the append. Returns the error code for the group's requests: NONE, or
     /// NOT_COORDINATOR / COORDINATOR_NOT_AVAILABLE as Kafka maps append failures.
     pub(super) async fn replicate_offsets_records(self: &Arc<Self>, group: &str, records: &[OffsetsRecord]) -> i16 {
-        let Some((p, _)) = self.offsets_partition_of(group) else { return errors::NOT_COORDINATOR };
+        let Some((p, _, _)) = self.offsets_partition_of(group) else { return errors::NOT_COORDINATOR };
         let Some(topic) = self.topic(OFFSETS_TOPIC) else { return errors::NOT_COORDINATOR };
         let Some(part) = topic.partitions.get(&p).cloned() else { return errors::NOT_COORDINATOR };
         let values: Vec<Vec<u8>> = records.iter().map(encode_value).collect();
@@ -274,14 +300,27 @@ impl Broker {
         }
         self.appended.send_modify(|v| *v += 1);
         self.flush_wanted.notify_one();
-        let Some((_, wait)) = out.wait_durable else { return errors::NONE };
+        let Some((_, wait)) = out.wait_durable else { return errors::NOT_COORDINATOR };
+        let Some(epoch) = wait.leader_epoch() else { return errors::NOT_COORDINATOR };
         let code = tokio::time::timeout(
             Duration::from_millis(OFFSET_COMMIT_TIMEOUT_MS),
             super::data::wait_for_ack(&part, wait),
         )
         .await
         .unwrap_or(errors::REQUEST_TIMED_OUT);
-        map_append_error(code)
+        if code != errors::NONE {
+            return map_append_error(code);
+        }
+        let owned: Vec<(String, OffsetsRecord)> = records.iter().map(|r| (group.to_string(), r.clone())).collect();
+        match self.groups.apply_offsets_records_if_loaded(p, epoch, &owned) {
+            Ok(true) => errors::NONE,
+            // Leadership moved on after the commit: the new coordinator has it in its log.
+            Ok(false) => errors::NOT_COORDINATOR,
+            Err(e) => {
+                tracing::error!(group, error = %e, "updating the offsets view failed");
+                errors::COORDINATOR_NOT_AVAILABLE
+            }
+        }
     }
 }
 
@@ -314,6 +353,7 @@ mod tests {
                 value: CommittedOffset { offset: -1, leader_epoch: -1, metadata: None, commit_ms: 0 },
             },
             OffsetsRecord::DeleteGroup,
+            OffsetsRecord::Barrier,
         ];
         for r in &recs {
             let v = encode_value(r);

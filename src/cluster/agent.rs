@@ -63,9 +63,20 @@ fn heartbeat_request(broker: &Broker, want_shutdown: bool) -> ControllerRequest 
     }
 }
 
+/// How long one heartbeat waits for an answer before the client tries the next voter: short
+/// enough that a broker whose heartbeat went to a controller that vanished without closing the
+/// connection (a network partition) reaches the new one within its grace period
+/// ([`crate::cluster::controller::new_controller_grace_ms`]).
+pub fn heartbeat_request_timeout_ms(config: &crate::config::BrokerConfig) -> i64 {
+    let interval = config.int_value("broker.heartbeat.interval.ms");
+    let session = config.int_value("broker.session.timeout.ms");
+    (session - 2 * interval).clamp(2 * interval, 2_000)
+}
+
 async fn heartbeat_loop(broker: Arc<Broker>) {
     let interval = Duration::from_millis(broker.config().int_value("broker.heartbeat.interval.ms") as u64);
-    let mut client = controller_client(&broker);
+    let timeout = Duration::from_millis(heartbeat_request_timeout_ms(broker.config()) as u64);
+    let mut client = ControllerClient::new(broker.config().controller_quorum_voters(), timeout);
     let mut was_fenced = None;
     while !broker.is_shutting_down() {
         match client.call(&heartbeat_request(&broker, false)).await {

@@ -35,9 +35,20 @@ pub const PEER_QUEUE_MAX: usize = 1024;
 pub const METADATA_WAIT_MS_MAX: u32 = 5_000;
 /// How long an admin request waits for its records to commit.
 pub const ADMIN_COMMIT_TIMEOUT_MS: u64 = 10_000;
-/// How long a newly elected controller waits for heartbeats from brokers it has not heard from
-/// before fencing them (at least three heartbeat intervals).
+/// Least time a newly elected controller waits for heartbeats from brokers it has not heard
+/// from before fencing them; see [`new_controller_grace_ms`].
 pub const NEW_CONTROLLER_GRACE_MS: i64 = 450;
+
+/// How long a newly elected controller gives brokers it has not heard from: one heartbeat
+/// request timeout plus two intervals (a broker whose heartbeat is stuck on the old controller,
+/// partitioned away without closing the connection, gives up on it and reaches us), at least
+/// [`NEW_CONTROLLER_GRACE_MS`], at most the session timeout. The broker of the controller we
+/// replaced is not given this grace (see the election code).
+pub fn new_controller_grace_ms(config: &crate::config::BrokerConfig) -> i64 {
+    let interval = config.int_value("broker.heartbeat.interval.ms");
+    let grace = crate::cluster::agent::heartbeat_request_timeout_ms(config) + 2 * interval;
+    grace.max(NEW_CONTROLLER_GRACE_MS).min(config.int_value("broker.session.timeout.ms"))
+}
 /// How often the leader checks broker sessions.
 pub const SESSION_CHECK_INTERVAL_MS: i64 = 50;
 
@@ -177,10 +188,10 @@ impl ControllerNode {
                     // A new active controller has no heartbeat history. Rather than granting every
                     // broker a whole session timeout (which would delay fencing a broker that died
                     // with the old controller), back-date their sessions so that live brokers,
-                    // which heartbeat every few hundred ms, have NEW_CONTROLLER_GRACE_MS to reach us.
+                    // which heartbeat every few hundred ms, have `new_controller_grace_ms` to reach us.
                     let now = runtime::now_ms();
                     let timeout = self.config.int_value("broker.session.timeout.ms");
-                    let grace = NEW_CONTROLLER_GRACE_MS.max(3 * self.config.int_value("broker.heartbeat.interval.ms"));
+                    let grace = new_controller_grace_ms(&self.config);
                     let seen = now - timeout + grace.min(timeout);
                     let image = inner.quorum.image();
                     // The controller we replaced stopped answering Raft for a whole election
