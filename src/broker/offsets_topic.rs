@@ -161,10 +161,10 @@ impl Broker {
                 validate_only: false,
             };
             let (code, msg) = b.forward_admin(req, |i| i.topic_by_name(OFFSETS_TOPIC).is_some()).await;
-            if code != errors::NONE && code != errors::TOPIC_ALREADY_EXISTS {
-                tracing::warn!(code, msg, "creating the offsets topic failed; will retry");
-            } else {
-                tracing::info!(replication_factor = rf, "offsets topic created");
+            match code {
+                errors::NONE => tracing::info!(replication_factor = rf, "offsets topic created"),
+                errors::TOPIC_ALREADY_EXISTS => tracing::debug!("offsets topic exists"),
+                _ => tracing::warn!(code, msg, "creating the offsets topic failed; will retry"),
             }
             b.groups.creating_offsets_topic.store(false, std::sync::atomic::Ordering::Release);
         });

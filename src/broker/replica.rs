@@ -238,14 +238,13 @@ impl Broker {
         // by every append since, as leader and as follower (see `ProducerState::observe_batch`),
         // so a new leader recognises retries of batches its predecessor wrote.
         // Wake acks=all waiters and long polls so they re-check the new role, and restart the
-        // published high watermark from this role's. `publish_hw` only notifies when the value
-        // grows, and a replica's high watermark is monotonic within one leadership but not
-        // across them: a former leader that truncated as a follower and leads again starts
-        // below what it published before, and without this reset no acks=all waiter would be
-        // woken until the high watermark passed the old leadership's (cluster-disk seed 511:
-        // every probe write timed out after healing). (A value the flusher computed under the
-        // old role and publishes after releasing the lock can still land after this one on a
-        // multi-threaded runtime; `publish_hw` notifying on any change would close that window.)
+        // published high watermark from this role's: a replica's high watermark is monotonic
+        // within one leadership but not across them, and when `publish_hw` still notified only
+        // on growth, a former leader that truncated as a follower and led again woke no acks=all
+        // waiter until it passed the old leadership's value (cluster-disk seed 511: every probe
+        // write timed out after healing). `publish_hw` now notifies on any change, so a value the
+        // flusher computed under the old role and publishes after this reset wakes waiters too
+        // (they re-check the role and leader epoch under the partition lock).
         let hw = st.high_watermark();
         p.hw.send_modify(|v| *v = hw);
         drop(st);
