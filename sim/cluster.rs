@@ -4,9 +4,9 @@
 //! min.insync.replicas=2, acks=all producers and consumers, and a fault schedule drawn from
 //! the seed.
 //!
-//! Safety phase: fault episodes that never overlap, so at most one node is unavailable at a
-//! time and the quorum survives: kill+restart of a node (often the current leader of a
-//! partition, found through metadata by a watcher), network isolation of a node
+//! Safety phase: fault episodes that never overlap: kill+restart of a node (often the current
+//! leader of a partition, found through metadata by a watcher), sometimes of two nodes at the
+//! same moment (quorum and ISR majorities lost until they return), network isolation of a node
 //! (`clog_node`), sometimes a second kill right after the previous node came back (before it
 //! can have caught up), plus disk faults (fsync EIO, ENOSPC, torn and bit-flipped unsynced
 //! tails at a crash) at low rates. Liveness phase: heal the network, start every node that is
@@ -87,6 +87,9 @@ enum Kind {
     Crash,
     /// `clog_node` for the episode, then `unclog_node`.
     Isolate,
+    /// Power loss of the target and the next node at the same moment (the controller quorum and
+    /// every partition's ISR lose their majority), both restarted after the episode.
+    CrashTwo,
 }
 
 /// A fault episode during [at_ms, at_ms + dur_ms) after the safety phase starts; episodes never
@@ -160,7 +163,15 @@ impl ClusterSettings {
         let mut episodes = Vec::new();
         let mut t = rng.gen_range(200..1_000);
         while t < safety_ms.saturating_sub(300) {
-            let kind = if rng.gen_bool(0.6) { Kind::Crash } else { Kind::Isolate };
+            let kind = if rng.gen_bool(0.6) {
+                if rng.gen_bool(0.15) {
+                    Kind::CrashTwo
+                } else {
+                    Kind::Crash
+                }
+            } else {
+                Kind::Isolate
+            };
             let target = if rng.gen_bool(0.5) {
                 Target::LeaderOf(rng.gen_range(0..partitions))
             } else {
@@ -234,6 +245,7 @@ impl ClusterSettings {
             let kind = match e.kind {
                 Kind::Crash => "crash",
                 Kind::Isolate => "isolate",
+                Kind::CrashTwo => "crash_two",
             };
             let target = match e.target {
                 Target::Node(i) => format!("node {i}"),
@@ -320,6 +332,7 @@ impl ClusterSettings {
                     let kind = match kind {
                         "crash" => Kind::Crash,
                         "isolate" => Kind::Isolate,
+                        "crash_two" => Kind::CrashTwo,
                         _ => return Err(err("unknown episode kind")),
                     };
                     let target = match target {
@@ -699,7 +712,8 @@ pub async fn run(disk_errors: bool) {
         consumers.push(node.spawn(workload::group_consumer(cluster.ctx.clone(), i, s.group_session_timeout_ms)));
     }
 
-    // Safety phase: play the episodes; at most one node is down or isolated at any time.
+    // Safety phase: play the episodes; at most one episode at a time (one node down or
+    // isolated, or two nodes down at once in a CrashTwo episode).
     let t0 = history.now_ms();
     let mut next = 0;
     let mut active: Option<(u64, Kind, usize)> = None; // end time, kind, node
@@ -710,6 +724,10 @@ pub async fn run(disk_errors: bool) {
                 match kind {
                     Kind::Crash => cluster.restart(i),
                     Kind::Isolate => cluster.unisolate(i),
+                    Kind::CrashTwo => {
+                        cluster.restart(i);
+                        cluster.restart((i + 1) % NODES);
+                    }
                 }
                 active = None;
             }
@@ -728,6 +746,10 @@ pub async fn run(disk_errors: bool) {
             match e.kind {
                 Kind::Crash => cluster.crash(i, "power loss"),
                 Kind::Isolate => cluster.isolate(i),
+                Kind::CrashTwo => {
+                    cluster.crash(i, "power loss (two nodes at once)");
+                    cluster.crash((i + 1) % NODES, "power loss (two nodes at once)");
+                }
             }
             active = Some((now + e.dur_ms, e.kind, i));
         }
