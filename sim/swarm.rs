@@ -349,31 +349,15 @@ pub async fn run(mix: Mix) {
     // Consumers must catch up with the final high watermarks: each consumer by assign on each
     // of its partitions, and the group (some member) on every partition.
     let hws: BTreeMap<i32, i64> = finals.iter().flatten().map(|(p, (hw, _))| (*p, *hw)).collect();
-    let groups = settings.group_consumers > 0;
-    live.group_caught_up = groups.then_some(false);
-    while history.now_ms() < deadline {
-        let pos = cluster.ctx.positions.lock().unwrap().clone();
-        let life = cluster.ctx.incarnation.load(Ordering::SeqCst);
-        let behind = settings.consumers.iter().enumerate().any(|(c, ps)| {
-            ps.iter().any(|p| match pos.get(&(c, *p)) {
-                Some(&(at, inc)) => inc != life || at < *hws.get(p).unwrap_or(&0),
-                None => true,
-            })
-        });
-        live.consumers_caught_up = !behind;
-        if groups {
-            let gpos = cluster.ctx.group_positions.lock().unwrap().clone();
-            let group_done = (0..settings.partitions).all(|p| {
-                let hw = *hws.get(&p).unwrap_or(&0);
-                hw == 0 || gpos.iter().any(|(&(_, q), &(at, inc))| q == p && inc == life && at >= hw)
-            });
-            live.group_caught_up = Some(group_done);
-        }
-        if live.consumers_caught_up && live.group_caught_up != Some(false) {
-            break;
-        }
-        madsim::time::sleep(Duration::from_millis(50)).await;
-    }
+    (live.consumers_caught_up, live.group_caught_up) = workload::wait_for_catch_up(
+        &cluster.ctx,
+        &settings.consumers,
+        settings.group_consumers > 0,
+        settings.partitions,
+        &hws,
+        deadline,
+    )
+    .await;
     cluster.ctx.stop_consumers.store(true, Ordering::SeqCst);
     for c in consumers {
         let _ = madsim::time::timeout(Duration::from_millis(DRAIN_MS), c).await;

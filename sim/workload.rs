@@ -621,3 +621,42 @@ pub async fn final_read(
     }
     Some(out)
 }
+
+/// Liveness: waits (until `deadline_ms`) for the consumers by assign to reach the final high
+/// watermark `hws` on each of their partitions in the current broker life, and, with
+/// `group_consumers`, for some member of the group to reach it on every one of `partitions`.
+/// Returns `(consumers caught up, group caught up or None without group consumers)`.
+pub async fn wait_for_catch_up(
+    ctx: &Ctx,
+    consumers: &[Vec<i32>],
+    group_consumers: bool,
+    partitions: i32,
+    hws: &BTreeMap<i32, i64>,
+    deadline_ms: u64,
+) -> (bool, Option<bool>) {
+    let mut caught_up = false;
+    let mut group_caught_up = group_consumers.then_some(false);
+    while ctx.history.now_ms() < deadline_ms {
+        let pos = ctx.positions.lock().unwrap().clone();
+        let life = ctx.incarnation.load(Ordering::SeqCst);
+        caught_up = !consumers.iter().enumerate().any(|(c, ps)| {
+            ps.iter().any(|p| match pos.get(&(c, *p)) {
+                Some(&(at, inc)) => inc != life || at < *hws.get(p).unwrap_or(&0),
+                None => true,
+            })
+        });
+        if group_consumers {
+            let gpos = ctx.group_positions.lock().unwrap().clone();
+            let done = (0..partitions).all(|p| {
+                let hw = *hws.get(&p).unwrap_or(&0);
+                hw == 0 || gpos.iter().any(|(&(_, q), &(at, inc))| q == p && inc == life && at >= hw)
+            });
+            group_caught_up = Some(done);
+        }
+        if caught_up && group_caught_up != Some(false) {
+            break;
+        }
+        madsim::time::sleep(Duration::from_millis(50)).await;
+    }
+    (caught_up, group_caught_up)
+}
