@@ -9,17 +9,9 @@ GROUPS_=${2:-basics,badinput,keys}
 SHARED=${RUNNEL_SHARED:-$PWD/../shared}
 BIN=${RUNNEL_BIN:-target/release/runnel}
 PORT=${ACCEPTANCE_PORT:-29092}
-DATA=$(mktemp -d /tmp/runnel-acceptance.XXXXXX)
+source scripts/test-broker.sh
+start_test_broker "$PORT" acceptance
 LOG=$DATA/broker.log
-"$BIN" broker --override listeners=PLAINTEXT://127.0.0.1:$PORT --override log.dirs="$DATA/data" \
-  --override group.initial.rebalance.delay.ms=0 >"$LOG" 2>&1 &
-PID=$!
-cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$DATA"; }
-trap cleanup EXIT
-for _ in $(seq 1 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-  sleep 0.1
-done
 set +e
 timeout 900 "$PY" "$SHARED/acceptance/checklist.py" --bootstrap 127.0.0.1:$PORT --only "$GROUPS_"
 rc=$?

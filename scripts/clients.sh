@@ -20,16 +20,8 @@ else
   echo "node/npm not found: the kafkajs check is skipped"
   HAVE_NODE=""
 fi
-DATA=$(mktemp -d /tmp/runnel-clients.XXXXXX)
-"$BIN" broker --override listeners=PLAINTEXT://127.0.0.1:$PORT --override log.dirs="$DATA/data" \
-  --override group.initial.rebalance.delay.ms=0 >"$DATA/broker.log" 2>&1 &
-PID=$!
-cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$DATA"; }
-trap cleanup EXIT
-for _ in $(seq 1 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-  sleep 0.1
-done
+source scripts/test-broker.sh
+start_test_broker "$PORT" clients
 rc=0
 timeout 300 "$PY" tests/clients/aiokafka_check.py 127.0.0.1:$PORT || rc=1
 if [[ -n $HAVE_NODE ]]; then
