@@ -3,12 +3,15 @@
 #
 #   scripts/sim.sh --seeds N [--from S] [--release] [--mix M] [--jobs J]   (SIM_CHUNK=K: K seeds per process)
 #       Sweeps seeds S..S+N-1 of every test (or one mix: crashes, disk, network, idempotent,
-#       mixed, single_node, cluster / cluster-disk for the 3-node test), SIM_CHUNK seeds
+#       mixed, single_node, cluster / cluster-disk / cluster-overlap for the cluster tests), SIM_CHUNK seeds
 #       (default 50) per process; after a failing seed (a violation or a panic) the sweep goes
 #       on from the next one. Failing seeds are listed at the end with their replay files.
 #   scripts/sim.sh --replay FILE [--release]
 #       Replays a schedule file (its seed and mix are inside) with tracing on, stamped with
 #       simulated time (RUNNEL_SIM_LOG overrides the filter).
+#   scripts/sim.sh --shrink FILE [--release]
+#       Removes faults from a failing schedule while its replay still fails the same way
+#       (scripts/sim-shrink.py); writes FILE's name with .shrunk.schedule.
 #   scripts/sim.sh --check-determinism [--seed S] [--mix M] [--release]
 #       Runs one seed twice in separate processes and compares the trace hashes, then runs
 #       it again under MADSIM_TEST_CHECK_DETERMINISM=1.
@@ -35,19 +38,22 @@ while [ $# -gt 0 ]; do
     --seed) seed="$2"; shift 2 ;;
     --mix) mix="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --shrink) mode=shrink; replay="$2"; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
 simtest() { cargo simtest "${profile[@]}" --test sim "$@"; }
-# "cluster" is the 3-node test (sim/cluster.rs), "cluster-disk" the same with fsync EIO and ENOSPC;
+# "cluster" is the 3-node test (sim/cluster.rs), "cluster-disk" the same with fsync EIO and ENOSPC,
+# "cluster-overlap" 3 or 5 nodes with overlapping faults;
 # the other mixes are the swarm's. No mix: every test.
 filter_for() {
   case "$1" in
     single_node) echo "single_node" ;;
     cluster) echo "cluster::faults" ;;
     cluster-disk) echo "cluster::faults_with_disk_errors" ;;
+    cluster-overlap) echo "cluster::overlapping_faults" ;;
     *) echo "swarm::$1" ;;
   esac
 }
@@ -64,7 +70,7 @@ case "$mode" in
     chunk=${SIM_CHUNK:-50}
     end=$((from + seeds))
     failed=0
-    mixes=${mix:-crashes disk network idempotent mixed single_node cluster cluster-disk}
+    mixes=${mix:-crashes disk network idempotent mixed single_node cluster cluster-disk cluster-overlap}
     for m in $mixes; do
       s=$from
       while [ "$s" -lt "$end" ]; do
@@ -106,6 +112,14 @@ case "$mode" in
     m=$(awk -F' = ' '$1=="mix"{print $2}' "$replay")
     RUNNEL_SIM_REPLAY="$(realpath "$replay")" RUNNEL_SIM_LOG="${RUNNEL_SIM_LOG:-info}" \
       MADSIM_TEST_SEED="$s" MADSIM_TEST_NUM=1 simtest "$(filter_for "$m")" -- --exact --nocapture
+    ;;
+  shrink)
+    [ -f "$replay" ] || { echo "no such file $replay" >&2; exit 2; }
+    s=$(awk -F' = ' '$1=="seed"{print $2}' "$replay")
+    m=$(awk -F' = ' '$1=="mix"{print $2}' "$replay")
+    simtest --no-run >/dev/null 2>&1 || simtest --no-run
+    python3 scripts/sim-shrink.py --file "$replay" --filter "$(filter_for "$m")" --seed "$s" \
+      ${profile[@]+"${profile[@]}"}
     ;;
   determinism)
     s=${seed:-42}

@@ -300,9 +300,9 @@ pub async fn consumer(ctx: Ctx, idx: usize, partitions: Vec<i32>) {
                         sessions += 1;
                         ctx.positions.lock().unwrap().insert((idx, p), (0, inc));
                     }
-                    if e.kafka_code().is_none() {
-                        client = None;
-                    }
+                    // The client stays: it reopens broken connections itself, and like a real
+                    // consumer keeps its metadata and the leader epochs it has seen (KIP-320),
+                    // which keep it from following a deposed leader back to an older log.
                     madsim::time::sleep(Duration::from_millis(10)).await;
                 }
             }
@@ -349,10 +349,8 @@ pub async fn group_consumer(ctx: Ctx, idx: usize, session_timeout_ms: u64) {
                 return;
             }
             Ok(GenerationEnd::Rejoin) => {}
-            Err(e) => {
-                if e.kafka_code().is_none() {
-                    client = None;
-                }
+            // The client stays across errors, as with the consumer by assign.
+            Err(_) => {
                 madsim::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -132,7 +132,7 @@ const BROKER_KEYS: &[(&str, &str, Kind, &str)] = &[
         "offsets.topic.replication.factor",
         "3",
         Kind::Int { min: 1, max: 32767 },
-        "replicas of __consumer_offsets in cluster mode (capped at the registered brokers)",
+        "replicas of __consumer_offsets in cluster mode (created once that many brokers are up)",
     ),
     (
         "offsets.topic.num.partitions",

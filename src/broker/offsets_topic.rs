@@ -2,9 +2,12 @@
 //! `__consumer_offsets` as Kafka does.
 //!
 //! - The topic is created on the first FindCoordinator for a group, with
-//!   `offsets.topic.num.partitions` partitions and `offsets.topic.replication.factor` replicas
-//!   (capped at the number of registered brokers, where Kafka would refuse until enough
-//!   brokers exist).
+//!   `offsets.topic.num.partitions` partitions and `offsets.topic.replication.factor` replicas.
+//!   As in Kafka, creation fails (and FindCoordinator answers COORDINATOR_NOT_AVAILABLE) until
+//!   that many brokers are unfenced; the factor is never lowered to fit. (An earlier cap at the
+//!   brokers this node knew of let a restarted node whose metadata had not caught up create the
+//!   topic with one replica, below min.insync.replicas, so no commit could ever succeed:
+//!   `cluster-overlap` seed 1869.)
 //! - A group belongs to partition `murmur2(group) mod partitions`; the leader of that partition
 //!   is the group's coordinator. Every other broker answers NOT_COORDINATOR.
 //! - An OffsetCommit (or a group deletion) is appended to that partition as one record batch
@@ -143,8 +146,7 @@ impl Broker {
         }
         let b = self.clone();
         tokio::spawn(async move {
-            let brokers = b.image().map_or(1, |i| i.brokers.len().max(1));
-            let rf = (b.config().int_value("offsets.topic.replication.factor") as usize).min(brokers) as i16;
+            let rf = b.config().int_value("offsets.topic.replication.factor").clamp(1, i16::MAX as i64) as i16;
             let req = ControllerRequest::CreateTopic {
                 name: OFFSETS_TOPIC.to_string(),
                 partitions: b.config().int_value("offsets.topic.num.partitions") as i32,

@@ -20,6 +20,10 @@ pub mod codes {
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     /// The fetch offset is outside the partition's log.
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    /// The request's leader epoch is older than the broker's (KIP-320).
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
+    /// The request's leader epoch is newer than the broker's: it has not caught up (KIP-320).
+    pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
 }
 
 /// Everything that can go wrong in a client call.
@@ -98,7 +102,11 @@ impl ClientError {
         match self {
             ClientError::Kafka { code, .. } => matches!(
                 *code,
-                codes::NOT_LEADER_OR_FOLLOWER | codes::UNKNOWN_TOPIC_OR_PARTITION | codes::LEADER_NOT_AVAILABLE
+                codes::NOT_LEADER_OR_FOLLOWER
+                    | codes::UNKNOWN_TOPIC_OR_PARTITION
+                    | codes::LEADER_NOT_AVAILABLE
+                    | codes::FENCED_LEADER_EPOCH
+                    | codes::UNKNOWN_LEADER_EPOCH
             ),
             ClientError::Connect { .. } | ClientError::Io { .. } | ClientError::Timeout { .. } => true,
             _ => false,

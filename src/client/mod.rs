@@ -168,6 +168,11 @@ pub struct Client {
     connections: BTreeMap<i32, Connection>,
     /// Topics from metadata responses, by name; entries are dropped when routing fails.
     topics: BTreeMap<String, TopicMetadata>,
+    /// The highest leader epoch seen per partition (KIP-320), kept when `topics` entries are
+    /// dropped: metadata naming an older epoch (from a broker that has not caught up, or a
+    /// deposed leader still answering) does not replace what we know, and fetches carry the
+    /// epoch so a stale leader refuses them instead of serving its old log.
+    leader_epochs: BTreeMap<(String, i32), (Uuid, i32)>,
 }
 
 impl Client {
@@ -194,6 +199,7 @@ impl Client {
             brokers: BTreeMap::new(),
             connections: BTreeMap::new(),
             topics: BTreeMap::new(),
+            leader_epochs: BTreeMap::new(),
         };
         client.any_connection().await?;
         Ok(client)
@@ -461,6 +467,7 @@ impl Client {
         }
         let fetch_partition = FetchPartition::default()
             .with_partition(partition)
+            .with_current_leader_epoch(Client::current_leader_epoch(&metadata, partition))
             .with_fetch_offset(offset)
             .with_partition_max_bytes(max_bytes);
         let fetch_topic = FetchTopic::default()
@@ -527,12 +534,15 @@ impl Client {
         partition: i32,
         timestamp: i64,
     ) -> Result<(i64, i64), ClientError> {
-        let (leader, _) = self.leader_for(topic, partition).await?;
+        let (leader, metadata) = self.leader_for(topic, partition).await?;
         let request = ListOffsetsRequest::default()
             .with_replica_id((-1).into())
             .with_timeout_ms(millis_i32(self.request_timeout))
             .with_topics(vec![ListOffsetsTopic::default().with_name(topic_name(topic)).with_partitions(vec![
-                ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(timestamp),
+                ListOffsetsPartition::default()
+                    .with_partition_index(partition)
+                    .with_current_leader_epoch(Client::current_leader_epoch(&metadata, partition))
+                    .with_timestamp(timestamp),
             ])]);
         let response = self.send_to(leader, request).await?;
         let p = response
@@ -637,11 +647,47 @@ impl Client {
         }
         for t in &metadata.topics {
             if t.error_code == 0 {
-                self.topics.insert(t.name.clone(), t.clone());
+                let mut t = t.clone();
+                self.keep_newest_epochs(&mut t);
+                self.topics.insert(t.name.clone(), t);
             } else {
                 self.topics.remove(&t.name);
             }
         }
+    }
+
+    /// KIP-320 for metadata: a partition whose leader epoch is older than one already seen
+    /// keeps the cached entry (Kafka's clients do the same) or, with none cached, gets no
+    /// leader, so routing asks again instead of following a deposed leader. Newer epochs are
+    /// remembered. A topic id that changed (topic deleted and recreated) starts afresh.
+    fn keep_newest_epochs(&mut self, t: &mut TopicMetadata) {
+        let cached = self.topics.get(&t.name);
+        for p in &mut t.partitions {
+            let key = (t.name.clone(), p.partition);
+            let known = self.leader_epochs.get(&key).copied();
+            match known {
+                Some((id, epoch)) if id == t.topic_id && p.leader_epoch >= 0 && p.leader_epoch < epoch => {
+                    let kept = cached
+                        .filter(|c| c.topic_id == t.topic_id)
+                        .and_then(|c| c.partitions.iter().find(|q| q.partition == p.partition))
+                        .filter(|q| q.leader_epoch >= epoch);
+                    match kept {
+                        Some(q) => *p = q.clone(),
+                        None => p.leader_id = -1,
+                    }
+                }
+                _ if p.leader_epoch >= 0 => {
+                    self.leader_epochs.insert(key, (t.topic_id, p.leader_epoch));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The leader epoch to send as `current_leader_epoch` for a partition (-1: unknown, the
+    /// broker skips the check).
+    fn current_leader_epoch(metadata: &TopicMetadata, partition: i32) -> i32 {
+        metadata.partitions.iter().find(|p| p.partition == partition).map_or(-1, |p| p.leader_epoch)
     }
 }
 
@@ -750,6 +796,66 @@ mod tests {
         MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
     };
     use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+
+    fn offline_client() -> Client {
+        Client {
+            client_id: "t".into(),
+            bootstrap: vec!["127.0.0.1:1".into()],
+            request_timeout: Duration::from_secs(1),
+            brokers: BTreeMap::new(),
+            connections: BTreeMap::new(),
+            topics: BTreeMap::new(),
+            leader_epochs: BTreeMap::new(),
+        }
+    }
+
+    fn one_partition(topic_id: Uuid, leader_id: i32, leader_epoch: i32) -> ClusterMetadata {
+        ClusterMetadata {
+            cluster_id: None,
+            controller_id: -1,
+            brokers: Vec::new(),
+            topics: vec![TopicMetadata {
+                name: "t".into(),
+                topic_id,
+                error_code: 0,
+                is_internal: false,
+                partitions: vec![PartitionMetadata {
+                    partition: 0,
+                    error_code: 0,
+                    leader_id,
+                    leader_epoch,
+                    replicas: vec![1, 2, 3],
+                    isr: vec![1, 2, 3],
+                    offline_replicas: vec![],
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn metadata_with_an_older_leader_epoch_does_not_replace_a_newer_one() {
+        // Proves KIP-320 on the client: a deposed leader's (or a lagging broker's) metadata
+        // naming an older epoch neither replaces the cached newer leader nor, once the cache
+        // entry is dropped, routes to the old leader; a newer epoch and a recreated topic (new
+        // id) are taken; fetches carry the cached epoch.
+        let id = Uuid::from_u128(1);
+        let mut c = offline_client();
+        c.absorb_metadata(&one_partition(id, 2, 5));
+        c.absorb_metadata(&one_partition(id, 1, 4));
+        let p = &c.topics["t"].partitions[0];
+        assert_eq!((p.leader_id, p.leader_epoch), (2, 5));
+        assert_eq!(Client::current_leader_epoch(&c.topics["t"], 0), 5);
+        c.topics.remove("t");
+        c.absorb_metadata(&one_partition(id, 1, 4));
+        assert_eq!(c.topics["t"].partitions[0].leader_id, -1, "no leader rather than the deposed one");
+        c.absorb_metadata(&one_partition(id, 3, 6));
+        assert_eq!((c.topics["t"].partitions[0].leader_id, c.topics["t"].partitions[0].leader_epoch), (3, 6));
+        c.absorb_metadata(&one_partition(Uuid::from_u128(2), 1, 0));
+        assert_eq!(c.topics["t"].partitions[0].leader_id, 1, "a recreated topic starts afresh");
+        // A broker without epochs in its Metadata (-1) is followed as before.
+        c.absorb_metadata(&one_partition(Uuid::from_u128(2), 2, -1));
+        assert_eq!(c.topics["t"].partitions[0].leader_id, 2);
+    }
 
     #[test]
     fn metadata_conversion_sorts_and_keeps_epochs() {

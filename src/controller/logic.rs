@@ -256,6 +256,12 @@ impl ActiveController {
     /// Fences every unfenced broker whose last heartbeat is more than `session_timeout_ms` old
     /// and moves its leaderships to other ISR members. A broker this controller has not heard
     /// from yet gets a session starting now.
+    ///
+    /// Also repairs what an earlier round left undone: changes are computed from the applied
+    /// image, so one can be rejected as stale (another change of the partition committed
+    /// first) while the fence beside it applied. Every round therefore also moves leaderships
+    /// and ISR memberships away from brokers that are already fenced, and gives leaderless
+    /// partitions a leader from their ISR when one is unfenced. Both are no-ops once applied.
     pub fn check_sessions(
         &mut self,
         image: &MetadataImage,
@@ -273,7 +279,27 @@ impl ActiveController {
             }
         }
         let mut records: Vec<_> = expired.iter().map(|id| MetadataRecord::FenceBroker { broker_id: *id }).collect();
-        records.extend(self.move_away_from(image, &expired));
+        let mut gone = expired;
+        gone.extend(image.brokers.values().filter(|b| b.fenced).map(|b| b.broker_id));
+        records.extend(self.move_away_from(image, &gone));
+        let changed: BTreeSet<(Uuid, i32)> = records
+            .iter()
+            .filter_map(|r| match r {
+                MetadataRecord::PartitionChange { topic_id, partition, .. } => Some((*topic_id, *partition)),
+                _ => None,
+            })
+            .collect();
+        for t in image.topics.values() {
+            for (n, p) in &t.partitions {
+                if p.leader != NO_LEADER || changed.contains(&(t.topic_id, *n)) {
+                    continue;
+                }
+                let eligible = |r: i32| !gone.contains(&r) && image.is_unfenced(r);
+                if let Some(leader) = p.replicas.iter().copied().find(|r| p.isr.contains(r) && eligible(*r)) {
+                    records.push(change(t.topic_id, *n, p, leader, p.isr.clone()));
+                }
+            }
+        }
         records
     }
 

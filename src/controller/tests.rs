@@ -448,6 +448,78 @@ fn reregistration_moves_leadership_away() {
     assert!(image.topics.values().flat_map(|t| t.partitions.values()).all(|p| p.leader == 2 && p.isr == vec![2]));
 }
 
+#[test]
+fn registration_of_a_new_incarnation_drops_its_leaderships_even_if_the_move_was_rejected() {
+    // Proves the apply-time rule behind cluster-disk seed 338: when the controller's move-away
+    // change is rejected as stale (another change of the partition committed first) but the
+    // registration of the broker's new incarnation applies, the restarted broker still does not
+    // lead at an epoch its previous incarnation led: the partition becomes leaderless in a new
+    // epoch. A retried registration of the same incarnation changes nothing.
+    let mut image = MetadataImage::new();
+    register(&mut image, &[1, 2, 3]);
+    let mut ac = ActiveController::new(11);
+    let recs = ac.create_topic(&image, "t", 1, 3, BTreeMap::new()).unwrap();
+    apply_all(&mut image, &recs);
+    let id = image.topic_ids["t"];
+    let p = image.partition(&id, 0).unwrap().clone();
+    let reg = |incarnation| MetadataRecord::RegisterBroker {
+        broker_id: p.leader,
+        incarnation,
+        host: "h".into(),
+        port: 9092,
+        rack: None,
+    };
+    image.apply(&reg(1)).unwrap();
+    assert_eq!(image.partition(&id, 0).unwrap(), &p, "same incarnation: a retry, nothing moves");
+    image.apply(&reg(2)).unwrap();
+    let q = image.partition(&id, 0).unwrap();
+    assert_eq!(q.leader, NO_LEADER);
+    assert_eq!((q.leader_epoch, q.partition_epoch), (p.leader_epoch + 1, p.partition_epoch + 1));
+    assert_eq!(q.isr, p.isr, "the ISR is the controller's business");
+    image.check_invariants().unwrap();
+}
+
+#[test]
+fn session_check_repairs_fenced_leaders_and_leaderless_partitions() {
+    // Proves that a round of session checks finishes what a rejected change left undone: a
+    // broker fenced while its move-away change was lost keeps no leadership or ISR membership,
+    // and a leaderless partition gets a leader from its unfenced ISR members (a new epoch).
+    let mut image = MetadataImage::new();
+    register(&mut image, &[1, 2, 3]);
+    let mut ac = ActiveController::new(12);
+    let recs = ac.create_topic(&image, "t", 2, 3, BTreeMap::new()).unwrap();
+    apply_all(&mut image, &recs);
+    let id = image.topic_ids["t"];
+    let lead0 = image.partition(&id, 0).unwrap().leader;
+    // The fence of partition 0's leader applied, its move-away did not.
+    image.apply(&MetadataRecord::FenceBroker { broker_id: lead0 }).unwrap();
+    // Partition 1 lost its leader (as after a restart of it) while the others are unfenced.
+    let p1 = image.partition(&id, 1).unwrap().clone();
+    let recs = vec![MetadataRecord::PartitionChange {
+        topic_id: id,
+        partition: 1,
+        leader: NO_LEADER,
+        isr: p1.isr.clone(),
+        leader_epoch: p1.leader_epoch + 1,
+        partition_epoch: p1.partition_epoch + 1,
+    }];
+    apply_all(&mut image, &recs);
+    for b in [1, 2, 3] {
+        if b != lead0 {
+            ac.on_heartbeat(&image, b, 1, 0).unwrap();
+        }
+    }
+    let recs = ac.check_sessions(&image, 10, 100);
+    apply_all(&mut image, &recs);
+    let p0 = image.partition(&id, 0).unwrap();
+    assert!(p0.leader != lead0 && p0.leader != NO_LEADER && !p0.isr.contains(&lead0), "{p0:?}");
+    let q1 = image.partition(&id, 1).unwrap();
+    assert!(q1.leader != NO_LEADER && q1.leader != lead0 && q1.isr.contains(&q1.leader), "{q1:?}");
+    assert_eq!(q1.leader_epoch, p1.leader_epoch + 2);
+    assert!(ac.check_sessions(&image, 20, 100).is_empty(), "nothing left to repair");
+    image.check_invariants().unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Quorum harness
 
