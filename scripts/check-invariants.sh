@@ -25,5 +25,12 @@ if grep -rnE 'tokio::sync::watch|sync::\{[^}]*\bwatch\b' src sim --include='*.rs
     | grep -v '^src/runtime/' | grep -vE '^\S+:\s*//'; then
   echo "error: use runtime::watch, not tokio::sync::watch (lines above)"; bad=1
 fi
+# Every planted bug must still apply, or scripts/sim-mutants.sh silently proves less (mutant 08
+# stopped applying after a change to the offsets code and nothing noticed for a session).
+for patch in sim/mutants/*.patch; do
+  if ! git apply --check "$patch" 2>/dev/null; then
+    echo "error: $patch no longer applies to this tree; regenerate it (docs/SIMULATION.md, mutants)"; bad=1
+  fi
+done
 [[ $bad -eq 0 ]] && echo "architecture invariants hold"
 exit $bad

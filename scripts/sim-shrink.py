@@ -28,7 +28,7 @@ OPENS = {"crash": "restart", "clog_node": "unclog_node", "clog_link": "unclog_li
 def units_of(lines):
     """Groups of line indices that are removed together."""
     units = []
-    open_at = {}  # (closing word, args) -> index into units
+    open_at = {}  # (closing word, args) -> indices into units of the faults it closes, oldest first
     for i, line in enumerate(lines):
         key, _, value = line.partition("=")
         key = key.strip()
@@ -43,10 +43,10 @@ def units_of(lines):
             if action in OPENS:
                 # slow_disk's last word is the factor; fast_disk names only the broker.
                 target = args[:1] if action == "slow_disk" else args
-                open_at[(OPENS[action], target)] = len(units)
+                open_at.setdefault((OPENS[action], target), []).append(len(units))
                 units.append([i])
-            elif (action, args) in open_at:
-                units[open_at.pop((action, args))].append(i)
+            elif open_at.get((action, args)):
+                units[open_at[(action, args)].pop(0)].append(i)
             else:
                 units.append([i])
     return units
