@@ -51,7 +51,7 @@ use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use runnel::client::{codes, Client};
 use runnel::config::BrokerConfig;
-use runnel::runtime::{SimDisk, SimDiskConfig};
+use runnel::runtime::{SimDisk, SimDiskConfig, SimDiskPlugin};
 use runnel::server::Server;
 
 use crate::checker::{self, Liveness};
@@ -141,7 +141,7 @@ impl Target {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// Power loss (kill + `SimDisk::crash`), restart after the episode.
+    /// Power loss (`Handle::kill`; the disk plugin crashes the disk), restart after the episode.
     Crash,
     /// `clog_node` for the episode, then `unclog_node`.
     Isolate,
@@ -680,6 +680,9 @@ struct Cluster {
 impl Cluster {
     fn start(s: &ClusterSettings, history: History) -> Cluster {
         let handle = Handle::current();
+        // Every kill of a node power-fails its disk through madsim's plugin hook.
+        handle.add_simulator::<SimDiskPlugin>();
+        let plugin = madsim::plugin::simulator::<SimDiskPlugin>();
         let mut nodes = Vec::new();
         for i in 0..s.nodes {
             let disk = SimDisk::new(s.disk_seed.wrapping_add(i as u64), s.disk);
@@ -707,6 +710,7 @@ impl Cluster {
                     }
                 })
                 .build();
+            plugin.attach(node.id(), disk.clone());
             nodes.push(Node {
                 id: node.id(),
                 disk,
@@ -743,8 +747,8 @@ impl Cluster {
 
     fn crash(&mut self, i: usize, why: &str) {
         self.collect_disk_events();
+        // The kill power-fails the node's disk: madsim calls SimDiskPlugin::reset_node.
         self.handle.kill(self.nodes[i].id);
-        self.nodes[i].disk.crash();
         self.nodes[i].up = false;
         let inc = self.ctx.incarnation.fetch_add(1, Ordering::SeqCst) + 1;
         self.history.record(Event::Crash { broker: i, incarnation: inc, why: why.into() });

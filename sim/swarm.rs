@@ -25,7 +25,7 @@ use madsim::task::NodeId;
 use madsim::time::Instant;
 use runnel::client::Client;
 use runnel::config::BrokerConfig;
-use runnel::runtime::SimDisk;
+use runnel::runtime::{SimDisk, SimDiskPlugin};
 use runnel::server::Server;
 
 use crate::checker::{self, Liveness};
@@ -109,6 +109,9 @@ struct Cluster {
 impl Cluster {
     fn start(s: &Settings, history: History) -> Cluster {
         let handle = Handle::current();
+        // Every kill of a broker node power-fails its disk through madsim's plugin hook.
+        handle.add_simulator::<SimDiskPlugin>();
+        let plugin = madsim::plugin::simulator::<SimDiskPlugin>();
         let mut brokers = Vec::new();
         let mut nodes = BTreeMap::new();
         for i in 0..s.brokers {
@@ -138,6 +141,7 @@ impl Cluster {
                     }
                 })
                 .build();
+            plugin.attach(node.id(), disk.clone());
             nodes.insert(broker_name(i), node.id());
             brokers.push(BrokerNode { id: node.id(), disk, storage_error_since_restart: false, up: true });
         }
@@ -172,8 +176,8 @@ impl Cluster {
 
     fn crash(&mut self, b: usize, why: &str) {
         self.collect_disk_events();
+        // The kill power-fails the node's disk: madsim calls SimDiskPlugin::reset_node.
         self.handle.kill(self.brokers[b].id);
-        self.brokers[b].disk.crash();
         self.brokers[b].up = false;
         let inc = self.ctx.incarnation.fetch_add(1, Ordering::SeqCst) + 1;
         self.history.record(Event::Crash { broker: b, incarnation: inc, why: why.into() });

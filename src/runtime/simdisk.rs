@@ -482,6 +482,40 @@ impl Disk for SimDisk {
     }
 }
 
+/// madsim's plugin hook for node kills: registered in a running simulation with
+/// `Handle::add_simulator::<SimDiskPlugin>()` (madsim is patched for that, see
+/// `sim/shims/madsim/README.runnel.md`), it power-fails a node's attached [`SimDisk`] whenever
+/// madsim kills the node (`Handle::kill` calls every plugin's `reset_node`), so no kill can
+/// forget the disk. `Handle::restart` of a dead node does not call it: the power-loss happened
+/// at the kill.
+#[cfg(madsim)]
+#[derive(Default)]
+pub struct SimDiskPlugin {
+    disks: Mutex<BTreeMap<madsim::task::NodeId, SimDisk>>,
+}
+
+#[cfg(madsim)]
+impl SimDiskPlugin {
+    /// Makes `disk` the disk that power-fails when `node` is killed.
+    pub fn attach(&self, node: madsim::task::NodeId, disk: SimDisk) {
+        self.disks.lock().unwrap().insert(node, disk);
+    }
+}
+
+#[cfg(madsim)]
+impl madsim::plugin::Simulator for SimDiskPlugin {
+    fn new(_rand: &madsim::rand::GlobalRng, _time: &madsim::time::TimeHandle, _config: &madsim::Config) -> Self {
+        SimDiskPlugin::default()
+    }
+
+    fn reset_node(&self, id: madsim::task::NodeId) {
+        let disk = self.disks.lock().unwrap().get(&id).cloned();
+        if let Some(disk) = disk {
+            disk.crash();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
