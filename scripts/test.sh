@@ -44,6 +44,7 @@ step "simulation build and fast seed sweep (cfg madsim)"
 # Seeds are pinned (1..20 of every test) so a CI result replays exactly; scripts/sim.sh sweeps
 # new seeds (see docs/SIMULATION.md for the open failures those sweeps found).
 MADSIM_TEST_SEED=${MADSIM_TEST_SEED:-1} MADSIM_TEST_NUM=${MADSIM_TEST_NUM:-20} cargo simtest --release --test sim
+cargo simclippy --release --test sim -- -D warnings
 
 if [[ -z ${SKIP_ACCEPTANCE:-} && -n $PY ]]; then
   step "acceptance checks with real clients"

@@ -219,7 +219,7 @@ impl std::fmt::Debug for Episode {
 }
 
 impl Episode {
-    fn to_text(&self) -> String {
+    fn to_text(self) -> String {
         let mut s = format!("{} {} {} {}", self.at_ms, self.dur_ms, self.kind.name(), self.target.to_text());
         if let Some(p) = self.peer {
             let _ = write!(s, " peer {}", p.to_text());

@@ -41,6 +41,9 @@ pub const GROUP: &str = "sim-group";
 /// How long the coordinator waits for every member to rejoin during a rebalance.
 const REBALANCE_TIMEOUT_MS: i32 = 3_000;
 
+/// Next fetch offset and broker life, by (consumer index, partition).
+pub type Positions = Arc<Mutex<BTreeMap<(usize, i32), (i64, u64)>>>;
+
 /// State shared by the harness and every workload.
 #[derive(Clone)]
 pub struct Ctx {
@@ -56,10 +59,10 @@ pub struct Ctx {
     next_op: Arc<AtomicU64>,
     /// Each consumer's next fetch offset per partition and the broker life it was reached in,
     /// for the liveness catch-up check.
-    pub positions: Arc<Mutex<BTreeMap<(usize, i32), (i64, u64)>>>,
+    pub positions: Positions,
     /// The same for subscribing consumers (keyed by their recorded consumer index): the group
     /// has caught up on a partition when any member has read it to the end.
-    pub group_positions: Arc<Mutex<BTreeMap<(usize, i32), (i64, u64)>>>,
+    pub group_positions: Positions,
 }
 
 impl Ctx {

@@ -13,9 +13,9 @@ mod simdisk;
 pub mod watch;
 
 pub use disk::{Disk, File, MemDisk, StdDisk};
-pub use simdisk::{take_disk_wait_until, DiskEvent, SimDisk, SimDiskConfig, SimDiskLatency, SECTOR_BYTES};
 #[cfg(madsim)]
 pub use simdisk::SimDiskPlugin;
+pub use simdisk::{take_disk_wait_until, DiskEvent, SimDisk, SimDiskConfig, SimDiskLatency, SECTOR_BYTES};
 
 /// Milliseconds since the Unix epoch. Under madsim the libc clock is intercepted, so this is
 /// simulated time and a seed reproduces it exactly.
