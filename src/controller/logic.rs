@@ -289,17 +289,7 @@ impl ActiveController {
                 _ => None,
             })
             .collect();
-        for t in image.topics.values() {
-            for (n, p) in &t.partitions {
-                if p.leader != NO_LEADER || changed.contains(&(t.topic_id, *n)) {
-                    continue;
-                }
-                let eligible = |r: i32| !gone.contains(&r) && image.is_unfenced(r);
-                if let Some(leader) = p.replicas.iter().copied().find(|r| p.isr.contains(r) && eligible(*r)) {
-                    records.push(change(t.topic_id, *n, p, leader, p.isr.clone()));
-                }
-            }
-        }
+        records.extend(elect_leaderless(image, |r| !gone.contains(&r) && image.is_unfenced(r), &changed));
         records
     }
 
@@ -445,19 +435,7 @@ impl ActiveController {
     /// Leaderless partitions whose ISR holds `unfenced` (about to be unfenced) or another
     /// unfenced broker get a leader from the ISR, in replica order.
     pub fn elect_on_unfence(&self, image: &MetadataImage, unfenced: i32) -> Vec<MetadataRecord> {
-        let eligible = |b: i32| b == unfenced || image.is_unfenced(b);
-        let mut records = Vec::new();
-        for t in image.topics.values() {
-            for (n, p) in &t.partitions {
-                if p.leader != NO_LEADER {
-                    continue;
-                }
-                if let Some(leader) = p.replicas.iter().copied().find(|r| p.isr.contains(r) && eligible(*r)) {
-                    records.push(change(t.topic_id, *n, p, leader, p.isr.clone()));
-                }
-            }
-        }
-        records
+        elect_leaderless(image, |b| b == unfenced || image.is_unfenced(b), &BTreeSet::new())
     }
 
     /// Partition changes that take `gone` out of leadership and out of ISRs: each partition led
@@ -509,6 +487,27 @@ impl ActiveController {
             }
         }
     }
+}
+
+/// Leaderless partitions (other than those in `skip`) get their first `eligible` ISR member, in
+/// replica order, as leader.
+fn elect_leaderless(
+    image: &MetadataImage,
+    eligible: impl Fn(i32) -> bool,
+    skip: &BTreeSet<(Uuid, i32)>,
+) -> Vec<MetadataRecord> {
+    let mut records = Vec::new();
+    for t in image.topics.values() {
+        for (n, p) in &t.partitions {
+            if p.leader != NO_LEADER || skip.contains(&(t.topic_id, *n)) {
+                continue;
+            }
+            if let Some(leader) = p.replicas.iter().copied().find(|r| p.isr.contains(r) && eligible(*r)) {
+                records.push(change(t.topic_id, *n, p, leader, p.isr.clone()));
+            }
+        }
+    }
+    records
 }
 
 /// A `PartitionChange` from `p` to (`leader`, `isr`), bumping the epochs as required.
