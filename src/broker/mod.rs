@@ -702,7 +702,12 @@ impl Broker {
                     continue;
                 }
                 let st = p.state.lock().unwrap();
-                let waiting = st.sync_wanted_upto > *p.durable.borrow();
+                // Judged against the log's own recovery point, which a truncation lowers, not the
+                // `durable` signal, which only grows: a replica that truncated (a follower dropping
+                // a diverging suffix, then elected) saw every new acks=all append as already
+                // durable and fsynced it only on the 1 s timer, so each acks=all produce waited a
+                // whole flush interval and timed out (cluster-overlap seed 2788: LIVENESS).
+                let waiting = st.sync_wanted_upto > st.log.recovery_point();
                 let due = force
                     || waiting
                     || st.unflushed_records >= flush_messages

@@ -249,17 +249,39 @@ impl Log {
     }
 
     /// Deletes every segment and starts an empty one at `offset`.
+    /// Replaces every segment with one empty segment at `offset`. The new segment exists before
+    /// any old one is dropped, so the log always has an active segment: a failure (a full disk
+    /// refusing the new segment, say) leaves either the old log untouched or, part way through,
+    /// a poisoned log; it never leaves no segment at all (which used to panic the next reader,
+    /// seen with a planted bug in the simulation, and reachable with ENOSPC).
     fn replace_all_segments(&mut self, offset: i64) -> Result<(), LogError> {
-        let bases: Vec<i64> = self.segments.keys().copied().collect();
-        self.segments.clear();
-        for b in bases {
-            Segment::delete_files(&*self.disk, &self.dir, b)?;
+        let old: Vec<i64> = self.segments.keys().copied().filter(|b| *b != offset).collect();
+        let interval = self.config.index_interval_bytes;
+        if !self.segments.contains_key(&offset) {
+            // Nothing has changed if this fails.
+            let seg = Segment::create(&*self.disk, &self.dir, offset, self.clock_ms)?;
+            seg.sync()?;
+            self.segments.insert(offset, seg);
         }
-        let seg = Segment::create(&*self.disk, &self.dir, offset, self.clock_ms)?;
-        seg.sync()?;
-        self.segments.insert(offset, seg);
-        self.disk.sync_dir(&self.dir)?;
-        Ok(())
+        // From here on a failure leaves a mix of old and new: poison the log (serve nothing more).
+        let result = (|| {
+            let seg = self.segments.get_mut(&offset).expect("inserted above");
+            if seg.next_offset > offset {
+                seg.log.set_len(0)?;
+                seg.recover(interval)?;
+                seg.sync()?;
+            }
+            for b in old {
+                self.segments.remove(&b);
+                Segment::delete_files(&*self.disk, &self.dir, b)?;
+            }
+            self.disk.sync_dir(&self.dir)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
     }
 
     fn active(&self) -> &Segment {

@@ -413,6 +413,28 @@ fn truncate_to_drops_suffix_durably() {
 }
 
 #[test]
+fn truncate_below_log_start_starts_a_fresh_segment_there() {
+    // Proves truncating to an offset below the log start (not a segment base) replaces every
+    // segment with one empty segment at that offset: the log stays usable and appends continue
+    // from there, and a reopen agrees.
+    let (disk, mut log, dir) = mem_log(small_config());
+    for i in 0..20 {
+        append(&mut log, batch(2, 200, 0, i), 0);
+    }
+    flush(&mut log);
+    log.delete_records_before(20).unwrap();
+    log.truncate_to(7).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (7, 7));
+    assert_eq!(segment_count(&disk, &dir), 1);
+    let (info, _) = append(&mut log, batch(1, 5, 0, 9), 0);
+    assert_eq!(info.base_offset, 7);
+    flush(&mut log);
+    drop(log);
+    let log = Log::open(Arc::new(disk.clone()), dir.clone(), small_config(), 0).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (7, 8));
+}
+
+#[test]
 fn poisoned_log_refuses_writes() {
     // Proves a poisoned log refuses appends and close leaves no clean-shutdown marker.
     let (disk, mut log, dir) = mem_log(LogConfig::default());
