@@ -37,3 +37,8 @@ const _: () = assert!(FETCH_RESPONSE_MAX_BYTES <= FETCH_PENDING_BYTES_MAX);
 /// leader (that path parks the partition until the client's next 1 s topic scan, which
 /// doubled produce unavailability after a leader kill).
 pub const FENCED_BROKER_LISTED_MS: i64 = 10_000;
+
+/// How long a partition leader waits before asking the controller again for an ISR change
+/// whose outcome it does not know (a timeout, a lost controller, or an answer saying the
+/// controller's metadata is ahead of this broker's); the change stays pending meanwhile.
+pub const ISR_PROPOSAL_RETRY_MS: u64 = 500;

@@ -276,16 +276,52 @@ impl Broker {
                 Some(c) => c.controller.lock().await.call(&req).await,
                 None => return,
             };
-            let ok = matches!(resp, Ok(ControllerResponse::Done { error_code: errors::NONE, .. }));
-            if !ok {
-                tracing::debug!(topic = %p.topic, partition = p.index, ?isr, outcome = ?resp, "ISR change not accepted");
+            // On success the new ISR arrives with the next metadata image (apply_isr there), and
+            // only the image resolves a proposal whose fate is unknown: the high watermark keeps
+            // waiting for a replica being added (the maximal ISR) until then.
+            let code = match &resp {
+                Ok(ControllerResponse::Done { error_code, .. }) => Some(*error_code),
+                _ => None,
+            };
+            if code == Some(errors::NONE) {
+                return;
+            }
+            tracing::debug!(topic = %p.topic, partition = p.index, ?isr, outcome = ?resp, "ISR change not accepted");
+            // Still the proposal this answer is about? A late answer to an older proposal must not
+            // cancel a newer one: that let the high watermark pass a replica whose addition then
+            // committed, and that replica, behind and with a failed disk, was elected and the
+            // records above its log were lost (cluster-overlap seed 779).
+            let still_pending = |l: &LeaderState| {
+                l.leader_epoch() == leader_epoch
+                    && l.partition_epoch() == partition_epoch
+                    && l.pending_isr() == Some(&isr[..])
+            };
+            let ambiguous = matches!(
+                code,
+                None | Some(errors::REQUEST_TIMED_OUT)
+                    | Some(crate::controller::logic::NOT_CONTROLLER)
+                    | Some(crate::controller::logic::INVALID_UPDATE_VERSION)
+            );
+            if !ambiguous {
+                // Refused before it was proposed (ineligible replica, fenced epoch, ...).
                 if let Role::Leader(l) = &mut p.state.lock().unwrap().role {
-                    if l.leader_epoch() == leader_epoch {
+                    if still_pending(l) {
                         l.abort_pending_isr();
                     }
                 }
+                return;
             }
-            // On success the new ISR arrives with the next metadata image (apply_isr there).
+            // A timeout or a lost controller may still commit it, and a stale partition epoch
+            // means the image has news this broker has not applied yet: keep it pending and ask
+            // again later, until the image (apply_isr) settles it.
+            tokio::time::sleep(std::time::Duration::from_millis(crate::limits::ISR_PROPOSAL_RETRY_MS)).await;
+            let again = match &p.state.lock().unwrap().role {
+                Role::Leader(l) => still_pending(l),
+                _ => false,
+            };
+            if again {
+                b.propose_isr(p.clone(), isr);
+            }
         });
     }
 

@@ -51,6 +51,9 @@ pub fn new_controller_grace_ms(config: &crate::config::BrokerConfig) -> i64 {
 }
 /// How often the leader checks broker sessions.
 pub const SESSION_CHECK_INTERVAL_MS: i64 = 50;
+/// How long the periodic session check waits before proposing the same changes again when
+/// nothing has been applied since (a proposal lost with a leadership change is retried then).
+pub const SESSION_CHECK_REPROPOSE_MS: i64 = 1_000;
 
 struct Inner {
     quorum: ControllerQuorum,
@@ -62,6 +65,11 @@ struct Inner {
     active: Option<ActiveController>,
     image_cache: Option<(u64, Bytes)>,
     last_session_check_ms: i64,
+    /// The periodic session check's last proposals, the applied index they were computed from
+    /// and when: the same changes are not proposed again while nothing was applied meanwhile,
+    /// for [`SESSION_CHECK_REPROPOSE_MS`] (a quorum that cannot commit otherwise collects a copy
+    /// per check, each rejected as stale once one commits).
+    last_session_proposal: Option<(Vec<MetadataRecord>, u64, i64)>,
     seed: u64,
 }
 
@@ -132,6 +140,7 @@ impl ControllerNode {
                 active: None,
                 image_cache: None,
                 last_session_check_ms: 0,
+                last_session_proposal: None,
                 seed,
             }),
             applied,
@@ -207,6 +216,7 @@ impl ControllerNode {
                     }
                     inner.active = Some(a);
                     inner.last_session_check_ms = now;
+                    inner.last_session_proposal = None;
                     inner.last_preferred_election_ms = now;
                 }
             } else {
@@ -266,14 +276,21 @@ impl ControllerNode {
             }
             if inner.quorum.is_leader() && now - inner.last_session_check_ms >= SESSION_CHECK_INTERVAL_MS {
                 inner.last_session_check_ms = now;
-                let Inner { quorum, active, .. } = &mut *inner;
+                let Inner { quorum, active, last_session_proposal, .. } = &mut *inner;
                 if let Some(a) = active.as_mut() {
                     let records = a.check_sessions(quorum.image(), now, session_timeout);
-                    for r in &records {
-                        tracing::info!(record = ?r, "controller: session check");
-                        if let Err(e) = quorum.propose(r) {
-                            tracing::warn!(error = %e, "could not propose fencing record");
+                    let applied = quorum.applied_index();
+                    let repeat = last_session_proposal.as_ref().is_some_and(|(r, at_index, at_ms)| {
+                        *r == records && *at_index == applied && now - at_ms < SESSION_CHECK_REPROPOSE_MS
+                    });
+                    if !records.is_empty() && !repeat {
+                        for r in &records {
+                            tracing::info!(record = ?r, "controller: session check");
+                            if let Err(e) = quorum.propose(r) {
+                                tracing::warn!(error = %e, "could not propose fencing record");
+                            }
                         }
+                        *last_session_proposal = Some((records, applied, now));
                     }
                 }
                 self.drive(&mut inner);
