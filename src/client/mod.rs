@@ -567,7 +567,9 @@ impl Client {
         if t.error_code != 0 {
             return Err(ClientError::kafka(t.error_code, Some(topic)));
         }
-        Ok(t)
+        // The cached copy, not the raw answer: absorbing it kept newer leader epochs (KIP-320).
+        // Routing by the raw answer followed a deposed leader anyway (cluster-overlap seed 3294).
+        Ok(self.topics.get(topic).cloned().unwrap_or(t))
     }
 
     /// The leader's node id for a partition, and the topic's metadata.
